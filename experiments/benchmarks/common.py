@@ -1,0 +1,50 @@
+"""Helpers shared by benchmark suites."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Callback
+
+
+class EpochTimer(Callback):
+    """Wall time of each epoch as the user experiences it: from one epoch's start to the next one's (training,
+    validation, checkpointing, logging and progress bars included). Written to `path` as JSON at the end."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.starts: list[float] = []
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.starts.append(time.perf_counter())
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        ends = [*self.starts[1:], time.perf_counter()]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps([e - s for s, e in zip(self.starts, ends)]))
+
+
+def steady_state(times: list[float]) -> float:
+    """Median epoch time, leaving out the first epoch (start-up: allocator, threads, tracker)."""
+    rest = times[1:] or times
+    return statistics.median(rest)
+
+
+def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = "+-" + "-+-".join("-" * w for w in widths) + "-+"
+    fmt = "| " + " | ".join(f"{{:<{w}}}" for w in widths) + " |"
+    out = [line, fmt.format(*header), line, *(fmt.format(*map(str, r)) for r in rows), line]
+    text = "\n".join(out)
+    print(text, flush=True)
+    return text
+
+
+def write_results(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str) + "\n")

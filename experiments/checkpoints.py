@@ -1,0 +1,66 @@
+"""Checking a checkpoint against the model a run builds, before Lightning touches it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint was written by another model (class or architecture)."""
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for non-checkpoints
+        raise CheckpointMismatchError(
+            f"ckpt_path={path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})"
+        ) from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointMismatchError(f"ckpt_path={path}: not a Lightning checkpoint (no 'state_dict' entry)")
+    return ckpt
+
+
+def model_class_path(model: nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
+def check_compatible(path: str | Path, model: nn.Module) -> dict[str, Any]:
+    """Raises CheckpointMismatchError naming what differs; returns the checkpoint's `suite` record."""
+    ckpt = load_checkpoint(path)
+    suite = ckpt.get("suite") or {}
+    expected = model_class_path(model)
+    written_by = suite.get("model_class")
+    if written_by and written_by != expected:
+        raise CheckpointMismatchError(
+            f"ckpt_path={path} was written by {written_by} (experiment {suite.get('experiment')!r}), but this run "
+            f"builds {expected}. Pass the experiment= the checkpoint was trained with."
+        )
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    missing = sorted(set(ours) - set(theirs))
+    unexpected = sorted(set(theirs) - set(ours))
+    shapes = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
+        if shapes:
+            parts.append(
+                "shape differences "
+                + ", ".join(f"{k}: checkpoint {theirs[k]} vs model {ours[k]}" for k in shapes[:8])
+            )
+        raise CheckpointMismatchError(
+            f"ckpt_path={path} does not fit {expected} as configured ({'; '.join(parts)}). "
+            f"It was written by {written_by or 'an unknown model'} (experiment {suite.get('experiment')!r})."
+        )
+    return suite

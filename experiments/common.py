@@ -1,0 +1,165 @@
+"""What the entry points share: composing objects from config, and opening/closing the run directory."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import hydra
+import pytorch_lightning as pl
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.loggers import Logger
+
+from experiments import run_dir as rd
+from experiments.tracking import ImageFileLogger, wandb_run_info
+
+log = logging.getLogger("experiments")
+
+
+class _DropAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip")
+
+
+def quiet_known_noise() -> None:
+    """Silences messages that say nothing about the run: Lightning's product tip and a torch-internal
+    deprecation warning raised inside Lightning's own code."""
+    import warnings
+
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdverts())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
+def instantiate_group(group: DictConfig | None, kind: str) -> list[Any]:
+    """Instantiates every entry of a config group dict (`callbacks`, `logger`) that has a `_target_`."""
+    out = []
+    for name, conf in (group or {}).items():
+        if isinstance(conf, DictConfig) and "_target_" in conf:
+            log.info("Instantiating %s <%s> (%s)", kind, conf._target_, name)
+            out.append(hydra.utils.instantiate(conf))
+    return out
+
+
+def resolved_config(cfg: DictConfig) -> dict[str, Any]:
+    """The run's config as plain containers, interpolations resolved, without Hydra's own node."""
+    return {
+        k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+        for k in cfg
+        if k != "hydra"
+    }
+
+
+def hydra_overrides() -> list[str] | None:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except Exception:  # noqa: BLE001 - not running under Hydra (compose API in tests)
+        return None
+
+
+@dataclass
+class Run:
+    """One invocation of an entry point and the run directory it owns."""
+
+    cfg: DictConfig
+    task: str
+    run_dir: Path = field(init=False)
+    info: dict[str, Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        quiet_known_noise()
+        self.run_dir = Path(self.cfg.paths.output_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.info = rd.new_run_info(
+            self.run_dir, Path(self.cfg.paths.root_dir), self.task, self.cfg.get("seed"), hydra_overrides()
+        )
+        self.info["experiment"] = self.cfg.get("name")
+        rd.write_run_info(self.run_dir, self.info)
+
+    def previous_wandb_id(self) -> str | None:
+        for inv in reversed(self.info.get("previous_invocations", [])):
+            wb = inv.get("wandb") or {}
+            if wb.get("id"):
+                return wb["id"]
+        return None
+
+    def loggers(self) -> list[Logger]:
+        """The configured trackers, plus the PNG writer that puts every logged image into the run dir."""
+        group = self.cfg.get("logger")
+        if group and "wandb" in group and group.wandb.get("id") is None and self.previous_wandb_id():
+            group = OmegaConf.merge(
+                group, {"wandb": {"id": self.previous_wandb_id()}}
+            )  # resume: same W&B run
+        return [*instantiate_group(group, "logger"), ImageFileLogger(self.run_dir / "images")]
+
+    def trainer(self, callbacks: list[Callback], loggers: list[Logger]) -> pl.Trainer:
+        log.info("Instantiating trainer <%s>", self.cfg.trainer._target_)
+        trainer = hydra.utils.instantiate(self.cfg.trainer, callbacks=callbacks, logger=loggers)
+        self.info["device"] = rd.device_info(trainer)
+        rd.write_run_info(self.run_dir, self.info)
+        config = resolved_config(self.cfg)
+        for lg in trainer.loggers:
+            lg.log_hyperparams(config)
+        return trainer
+
+    def fail(self, err: BaseException) -> None:
+        self.info.update(status="failed", finished=rd.now(), error=f"{type(err).__name__}: {err}")
+        rd.write_run_info(self.run_dir, self.info)
+
+    def finish(
+        self, trainer: pl.Trainer, metrics: dict[str, float], model: Any, datamodule: Any, **extra: Any
+    ) -> None:
+        """Writes metrics.json and the final run_info.json, prints the table and where the files are."""
+        data = datamodule.describe() if hasattr(datamodule, "describe") else None
+        protocol = model.metric_protocol() if hasattr(model, "metric_protocol") else {}
+        rd.write_metrics(self.run_dir, metrics, protocol, data)
+        wb = wandb_run_info(trainer.loggers)
+        self.info.update(status="completed", finished=rd.now(), wandb=wb, data=data, **extra)
+        rd.write_run_info(self.run_dir, self.info)
+        finish_wandb()  # its own summary first, so the suite's table is the last thing printed
+        print_summary(self.run_dir, metrics, wb)
+
+
+def finish_wandb(exit_code: int = 0) -> None:
+    """Closes the W&B run, if any, so the next run in this process starts a new one."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+def best_or_last_checkpoint(trainer: pl.Trainer) -> str | None:
+    ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    if ckpt_cb is None:
+        return None
+    if ckpt_cb.best_model_path and Path(ckpt_cb.best_model_path).is_file():
+        return ckpt_cb.best_model_path
+    if ckpt_cb.last_model_path and Path(ckpt_cb.last_model_path).is_file():
+        return ckpt_cb.last_model_path
+    return None
+
+
+def split_metrics(callback_metrics: dict[str, Any], splits: tuple[str, ...]) -> dict[str, float]:
+    return {k: rd.to_float(v) for k, v in callback_metrics.items() if k.split("/", 1)[0] in splits}
+
+
+def print_summary(run_dir: Path, metrics: dict[str, float], wandb: dict[str, Any] | None) -> None:
+    lines = ["", rd.format_table(metrics, "metric"), f"Run directory: {run_dir}"]
+    files = [p for p in ("metrics.json", "run_info.json") if (run_dir / p).exists()]
+    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
+    files += [str(p.relative_to(run_dir)) for p in ckpts]
+    lines.append("  files: " + ", ".join(files))
+    images = sorted((run_dir / "images").rglob("*.png")) if (run_dir / "images").is_dir() else []
+    final = [p for p in images if p.relative_to(run_dir / "images").parts[0] == "test"] or images[-6:]
+    if final:
+        lines.append("  images: " + ", ".join(str(p.relative_to(run_dir)) for p in final))
+    if wandb and wandb.get("dir"):
+        if wandb.get("mode") in ("offline", "dryrun"):
+            lines.append(f"  W&B (offline): {wandb['dir']}  -> upload with: wandb sync {wandb['dir']}")
+        elif wandb.get("url"):
+            lines.append(f"  W&B: {wandb['url']}")
+    print("\n".join(lines), flush=True)

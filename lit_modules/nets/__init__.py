@@ -1,0 +1,1 @@
+"""Plain `nn.Module`s: they know nothing of Lightning, configs or files."""
