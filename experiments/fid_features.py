@@ -72,7 +72,11 @@ def export(
             "command": run_info.get("command"),
             "git_commit": (run_info.get("git") or {}).get("commit"),
             "git_dirty": (run_info.get("git") or {}).get("dirty"),
-            "packages": {k: v for k, v in (run_info.get("packages") or {}).items() if k in ("torch", "pytorch-lightning")},
+            "packages": {
+                k: v
+                for k, v in (run_info.get("packages") or {}).items()
+                if k in ("torch", "pytorch-lightning")
+            },
         },
     }
     if note:
@@ -84,14 +88,18 @@ def export(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.fid_features", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("export", help="write lit_modules/weights/mnist_classifier.{pt,json} from a classifier checkpoint")
+    p = sub.add_parser(
+        "export", help="write lit_modules/weights/mnist_classifier.{pt,json} from a classifier checkpoint"
+    )
     p.add_argument("ckpt_path", type=Path)
     p.add_argument("--note", default=None, help="a free-text note stored in the record (how the run went)")
     sub.add_parser("check", help="verify the committed weights against their recorded sha256")
     args = parser.parse_args(argv)
     if args.command == "export":
         body = export(args.ckpt_path, note=args.note)
-        print(json.dumps({k: body[k] for k in ("sha256", "test_accuracy", "num_test", "feature_dim")}, indent=2))
+        print(
+            json.dumps({k: body[k] for k in ("sha256", "test_accuracy", "num_test", "feature_dim")}, indent=2)
+        )
     else:
         _, record = load_feature_network()
         print(f"OK: {FEATURE_WEIGHTS} sha256 {record['sha256']}, test accuracy {record['test_accuracy']:.4f}")

@@ -74,23 +74,37 @@ def sample(cfg: DictConfig) -> dict[str, float]:
         if cfg.fid.enabled:
             from lit_modules.fid import FIDProtocol
 
-            fid_protocol = FIDProtocol(int(cfg.num_samples), cfg.fid.feature, bool(cfg.fid.allow_below_minimum))
+            fid_protocol = FIDProtocol(
+                int(cfg.num_samples), cfg.fid.feature, bool(cfg.fid.allow_below_minimum)
+            )
             fid_protocol.check()
-        device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                              ("cpu" if cfg.device == "auto" else cfg.device))
+        device = torch.device(
+            "cuda"
+            if cfg.device == "auto" and torch.cuda.is_available()
+            else ("cpu" if cfg.device == "auto" else cfg.device)
+        )
         model.to(device)
         n, seed = int(cfg.num_samples), int(cfg.seed)
         labels = None
         if model.num_classes:
             labels = (
-                torch.full((n,), int(cfg.class_label)) if cfg.get("class_label") is not None else model.default_labels(n)
+                torch.full((n,), int(cfg.class_label))
+                if cfg.get("class_label") is not None
+                else model.default_labels(n)
             )
         guidance = cfg.get("guidance_scale")
         sampling = model.sampling_description(
-            sampler=cfg.sampler, steps=int(cfg.steps), eta=float(cfg.eta) if cfg.sampler == "ddim" else None,
-            spacing=cfg.spacing, clip_x0=bool(cfg.clip_x0),
-            guidance_scale=(model.hparams.guidance_scale if guidance is None else float(guidance)) if model.num_classes else None,
-            class_label=cfg.get("class_label"), seeds=f"{seed}..{seed + n - 1}", bf16_autocast=bool(cfg.bf16),
+            sampler=cfg.sampler,
+            steps=int(cfg.steps),
+            eta=float(cfg.eta) if cfg.sampler == "ddim" else None,
+            spacing=cfg.spacing,
+            clip_x0=bool(cfg.clip_x0),
+            guidance_scale=(model.hparams.guidance_scale if guidance is None else float(guidance))
+            if model.num_classes
+            else None,
+            class_label=cfg.get("class_label"),
+            seeds=f"{seed}..{seed + n - 1}",
+            bf16_autocast=bool(cfg.bf16),
         )
         log.info("Sampling %d images: %s", n, sampling)
 
@@ -98,14 +112,23 @@ def sample(cfg: DictConfig) -> dict[str, float]:
         images = []
         start = time.perf_counter()
         batches = range(0, n, int(cfg.batch_size))
-        for b in tqdm(batches, desc=f"{cfg.sampler} {cfg.steps} steps, batches of {cfg.batch_size}", disable=len(batches) < 2):
+        for b in tqdm(
+            batches,
+            desc=f"{cfg.sampler} {cfg.steps} steps, batches of {cfg.batch_size}",
+            disable=len(batches) < 2,
+        ):
             seeds = list(range(seed + b, seed + min(b + int(cfg.batch_size), n)))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(cfg.bf16)):
                 x = model.generate(
-                    seeds, sampler=cfg.sampler, steps=int(cfg.steps), eta=float(cfg.eta), spacing=cfg.spacing,
+                    seeds,
+                    sampler=cfg.sampler,
+                    steps=int(cfg.steps),
+                    eta=float(cfg.eta),
+                    spacing=cfg.spacing,
                     guidance_scale=None if guidance is None else float(guidance),
                     class_labels=None if labels is None else labels[b : b + len(seeds)],
-                    clip_x0=bool(cfg.clip_x0), progress=True,
+                    clip_x0=bool(cfg.clip_x0),
+                    progress=True,
                 )
             images.append(x.cpu())
         elapsed = time.perf_counter() - start
@@ -137,7 +160,12 @@ def sample(cfg: DictConfig) -> dict[str, float]:
                 metric.update(images_t[k : k + 500].to(device), real=False)
             metrics["test/fid"] = float(metric.compute())
             protocol["test/fid"] = fid_protocol.describe(n, real, **sampling)
-        run.finish(SimpleNamespace(loggers=[]), metrics, SimpleNamespace(metric_protocol=lambda: protocol), datamodule)
+        run.finish(
+            SimpleNamespace(loggers=[]),
+            metrics,
+            SimpleNamespace(metric_protocol=lambda: protocol),
+            datamodule,
+        )
     except BaseException as err:
         run.fail(err)
         raise

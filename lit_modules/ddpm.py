@@ -71,7 +71,9 @@ class DDPM(SuiteModule):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer"])
         if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"model.prediction_type={prediction_type!r} is not one of {list(PREDICTION_TYPES)}")
+            raise ValueError(
+                f"model.prediction_type={prediction_type!r} is not one of {list(PREDICTION_TYPES)}"
+            )
         if spacing not in SPACINGS:
             raise ValueError(f"model.spacing={spacing!r} is not one of {list(SPACINGS)}")
         self.net = net
@@ -86,7 +88,9 @@ class DDPM(SuiteModule):
         if self.fid_protocol is not None:
             self.fid_protocol.check()  # refuse a below-minimum request now, before any training
         self.test_loss = MeanMetric()
-        object.__setattr__(self, "_fid", None)  # torchmetrics FID, built at test start; kept out of the module tree
+        object.__setattr__(
+            self, "_fid", None
+        )  # torchmetrics FID, built at test start; kept out of the module tree
         self._fid_result: dict[str, Any] = {}
 
     # ------------------------------------------------------------------------------------------- training
@@ -135,7 +139,12 @@ class DDPM(SuiteModule):
         g = torch.Generator().manual_seed(10_000 + batch_idx)
         self.log("val/loss", self.diffusion_loss(x, y, g).mean(), batch_size=len(x), sync_dist=True)
         every = self.hparams.image_every_n_epochs
-        if batch_idx == 0 and every and not self.trainer.sanity_checking and (self.current_epoch + 1) % every == 0:
+        if (
+            batch_idx == 0
+            and every
+            and not self.trainer.sanity_checking
+            and (self.current_epoch + 1) % every == 0
+        ):
             self.log_sample_grid("val/samples")
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -163,7 +172,9 @@ class DDPM(SuiteModule):
         labels = self.default_labels(n) if self.num_classes else None
         for start in range(0, n, self.hparams.sample_batch_size):
             chunk = list(seeds[start : start + self.hparams.sample_batch_size])
-            images = self.generate(chunk, class_labels=None if labels is None else labels[start : start + len(chunk)])
+            images = self.generate(
+                chunk, class_labels=None if labels is None else labels[start : start + len(chunk)]
+            )
             self._fid.update(images, real=False)
         fid = float(self._fid.compute())
         self._fid_result = self.fid_protocol.describe(
@@ -185,12 +196,16 @@ class DDPM(SuiteModule):
                 "so classifier-free guidance does not apply; leave guidance_scale unset"
             )
         if guidance_scale is not None and guidance_scale < 0:
-            raise ValueError(f"guidance_scale={guidance_scale}: must be >= 0 (0 = the conditional model alone)")
+            raise ValueError(
+                f"guidance_scale={guidance_scale}: must be >= 0 (0 = the conditional model alone)"
+            )
         if class_label is not None:
             if not self.num_classes:
                 raise ValueError(f"class_label={class_label}: this checkpoint is an unconditional model")
             if not 0 <= int(class_label) < self.num_classes:
-                raise ValueError(f"class_label={class_label} is out of range: valid labels are 0..{self.num_classes - 1}")
+                raise ValueError(
+                    f"class_label={class_label} is out of range: valid labels are 0..{self.num_classes - 1}"
+                )
 
     def default_labels(self, n: int) -> torch.Tensor:
         """Class labels 0, 1, ..., C-1, 0, 1, ... for n images (balanced classes for grids and FID)."""
@@ -274,7 +289,9 @@ class DDPM(SuiteModule):
         images = self.generate(list(seeds), class_labels=labels)
         caption = f"{self.hparams.sampler}, {self.hparams.steps} steps, EMA weights"
         if self.num_classes:
-            caption += f", guidance {self.hparams.guidance_scale:g}, columns = classes 0-{self.num_classes - 1}"
+            caption += (
+                f", guidance {self.hparams.guidance_scale:g}, columns = classes 0-{self.num_classes - 1}"
+            )
         self.log_image_grid(key, images, nrow=self.num_classes or 8, caption=caption)
 
     # ------------------------------------------------------------------------------------------- protocol

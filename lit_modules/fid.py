@@ -65,7 +65,9 @@ class ClassifierFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 1:
-            raise ValueError(f"MNIST FID features expect (B, 1, H, W) grey images in [0, 1], got {tuple(x.shape)}")
+            raise ValueError(
+                f"MNIST FID features expect (B, 1, H, W) grey images in [0, 1], got {tuple(x.shape)}"
+            )
         if x.shape[-2:] != (28, 28):
             x = F.interpolate(x.float(), size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
         param = next(self.net.parameters())
@@ -88,7 +90,9 @@ def load_feature_network(
     """The committed classifier as a feature extractor, after checking its file's sha256 against the record."""
     record = load_feature_record(record_path)
     if not weights_path.is_file():
-        raise FileNotFoundError(f"the MNIST FID feature weights {weights_path} are missing (record: {record_path})")
+        raise FileNotFoundError(
+            f"the MNIST FID feature weights {weights_path} are missing (record: {record_path})"
+        )
     digest = sha256_file(weights_path)
     if digest != record["sha256"]:
         raise FIDProtocolError(
@@ -154,7 +158,9 @@ class FIDProtocol:
         if self.feature not in FEATURES:
             raise FIDProtocolError(f"fid.feature={self.feature!r} is not one of {list(FEATURES)}")
         if self.num_samples < 2:
-            raise FIDProtocolError(f"fid.num_samples={self.num_samples}: FID needs at least 2 generated images")
+            raise FIDProtocolError(
+                f"fid.num_samples={self.num_samples}: FID needs at least 2 generated images"
+            )
         if self.num_samples < self.min_samples and not self.allow_below_minimum:
             raise FIDProtocolError(
                 f"fid.num_samples={self.num_samples} is below the protocol's minimum of {self.min_samples} generated "

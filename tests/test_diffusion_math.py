@@ -26,7 +26,9 @@ from lit_modules.diffusion import (
 
 def test_linear_schedule_is_ddpm_and_alpha_bar_identities():
     betas = linear_betas(1000)
-    assert betas.dtype == torch.float64 and betas[0] == pytest.approx(1e-4) and betas[-1] == pytest.approx(0.02)
+    assert (
+        betas.dtype == torch.float64 and betas[0] == pytest.approx(1e-4) and betas[-1] == pytest.approx(0.02)
+    )
     abar = alphas_cumprod_from_betas(betas)
     # alpha_bar_t = prod (1 - beta_s), computed independently in log space
     assert torch.allclose(abar, torch.exp(torch.cumsum(torch.log1p(-betas), 0)), rtol=1e-12)
@@ -83,7 +85,9 @@ def test_posterior_matches_gaussian_conjugacy():
         mean = (math.sqrt(a_prev) * x0 / (1 - a_prev) + math.sqrt(alpha) * xt / beta) / precision
         got_mean, got_var = q_posterior(x0, xt, torch.full((3,), t), abar)
         assert torch.allclose(got_mean, mean, rtol=1e-9)
-        assert torch.allclose(got_var.flatten(), torch.full((3,), 1 / precision, dtype=torch.float64), rtol=1e-9)
+        assert torch.allclose(
+            got_var.flatten(), torch.full((3,), 1 / precision, dtype=torch.float64), rtol=1e-9
+        )
     # t = 0 (paper t = 1): x_{t-1} is x0 itself
     m0, v0 = q_posterior(x0, xt, torch.zeros(3, dtype=torch.long), abar)
     assert torch.allclose(m0, x0) and (v0 == 0).all()
@@ -114,7 +118,9 @@ def test_timestep_spacings():
     assert timestep_schedule(1000, 4, "leading") == [750, 500, 250, 0]
     assert timestep_schedule(1000, 4, "linspace") == [999, 666, 333, 0]
     for bad in (0, 1001, -3):
-        with pytest.raises(ValueError, match=rf"steps={bad}: must be an integer between 1 and the model's training T=1000"):
+        with pytest.raises(
+            ValueError, match=rf"steps={bad}: must be an integer between 1 and the model's training T=1000"
+        ):
             timestep_schedule(1000, bad)
     with pytest.raises(ValueError, match="unknown timestep spacing 'uniform'.*trailing.*leading.*linspace"):
         timestep_schedule(1000, 10, "uniform")

@@ -73,7 +73,9 @@ def _bcast(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.T
 
 
 # ----------------------------------------------------------------------------------------- forward process
-def q_sample(x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def q_sample(
+    x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alphas_cumprod: torch.Tensor
+) -> torch.Tensor:
     """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4, reparameterised; seed 003)."""
     abar = _bcast(alphas_cumprod, t, x0)
     return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
@@ -118,7 +120,9 @@ def x0_eps_from_v(xt: torch.Tensor, v: torch.Tensor, abar: torch.Tensor) -> tupl
     return a * xt - s * v, s * xt + a * v
 
 
-def training_target(x0: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor, prediction_type: str) -> torch.Tensor:
+def training_target(
+    x0: torch.Tensor, eps: torch.Tensor, abar: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
     """What the network regresses: eps (DDPM's L_simple, eq. 14), x_0, or v."""
     if prediction_type == "eps":
         return eps

@@ -31,7 +31,9 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
     if dim % 2 or dim < 4:
         raise ValueError(f"time embedding dim must be even and >= 4, got {dim}")
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1))
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1)
+    )
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
 
@@ -136,13 +138,17 @@ class UNet(nn.Module):
             )
         for m in channel_mults:
             if (base_channels * m) % groups:
-                raise ValueError(f"UNet: {base_channels * m} channels are not divisible into {groups} GroupNorm groups")
+                raise ValueError(
+                    f"UNet: {base_channels * m} channels are not divisible into {groups} GroupNorm groups"
+                )
         self.image_size = image_size
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.base_channels = base_channels
         emb_dim = 4 * base_channels
-        self.time_mlp = nn.Sequential(nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_mlp = nn.Sequential(
+            nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
         # label `num_classes` is the null class ("no condition"): classifier-free guidance trains it by dropping labels
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
 
