@@ -33,6 +33,8 @@ def quiet_known_noise() -> None:
 
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdverts())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # evaluate/test load a checkpoint written with training callbacks that test runs rightly do not have
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
 
 
 def instantiate_group(group: DictConfig | None, kind: str) -> list[Any]:
