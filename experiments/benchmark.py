@@ -10,6 +10,7 @@ import sys
 
 SUITES = {
     "vae": "experiments.benchmarks.vae",
+    "ddp": "experiments.benchmarks.ddp",
 }
 
 

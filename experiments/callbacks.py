@@ -100,3 +100,19 @@ class CheckpointInfo(Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint["suite"] = dict(self.info)
+
+
+class PerRankSeed(Callback):
+    """Under DDP, reseeds each rank with `seed + global_rank` once the ranks exist.
+
+    Every rank is seeded with the run seed first, so models are built identically (DDP also broadcasts rank
+    zero's weights); afterwards each rank needs its own stream, or all ranks would draw the same noise for
+    their different examples. A single process keeps `seed` unchanged.
+    """
+
+    def __init__(self, seed: int | None):
+        self.seed = seed
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.seed is not None and trainer.world_size > 1:
+            pl.seed_everything(self.seed + trainer.global_rank, workers=True, verbose=False)

@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import Logger
+from pytorch_lightning.utilities import rank_zero_only
 
 from experiments import run_dir as rd
 from experiments.tracking import ImageFileLogger, wandb_run_info
@@ -32,6 +33,8 @@ def quiet_known_noise() -> None:
 
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdverts())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # evaluate/test load a checkpoint written with training callbacks that test runs rightly do not have
+    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
 
 
 def instantiate_group(group: DictConfig | None, kind: str) -> list[Any]:
@@ -62,6 +65,52 @@ def hydra_overrides() -> list[str] | None:
         return None
 
 
+def sweep_context() -> dict[str, Any] | None:
+    """Where this job sits in a Hydra multirun (None for a single run)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode != RunMode.MULTIRUN:
+            return None
+        return {"sweep_dir": str(hc.sweep.dir), "job_num": hc.job.num, "overrides": list(hc.overrides.task)}
+    except Exception:  # noqa: BLE001 - not running under Hydra
+        return None
+
+
+# overrides that say where or how a run is executed, not what it computes: never W&B tags or report settings
+INFRASTRUCTURE_PREFIXES = (
+    "hydra",
+    "paths.",
+    "logger",
+    "ckpt_path",
+    "callbacks.progress_bar",
+    "debug",
+    "sweep",
+    "+callbacks.epoch_timer",
+)
+
+
+def switch_overrides(overrides: list[str] | None) -> list[str]:
+    """The overrides that change what a run computes (experiment= and infrastructure removed)."""
+    keep = []
+    for o in overrides or []:
+        key = o.lstrip("+~").split("=", 1)[0]
+        if (
+            key == "experiment"
+            or o.startswith(INFRASTRUCTURE_PREFIXES)
+            or key.startswith(INFRASTRUCTURE_PREFIXES)
+        ):
+            continue
+        keep.append(o)
+    return keep
+
+
+def is_rank_zero() -> bool:
+    return rank_zero_only.rank == 0
+
+
 @dataclass
 class Run:
     """One invocation of an entry point and the run directory it owns."""
@@ -72,14 +121,20 @@ class Run:
     info: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
+        """Under DDP every rank runs the entry point; only rank zero writes the run directory."""
         quiet_known_noise()
         self.run_dir = Path(self.cfg.paths.output_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.sweep = sweep_context()
         self.info = rd.new_run_info(
             self.run_dir, Path(self.cfg.paths.root_dir), self.task, self.cfg.get("seed"), hydra_overrides()
         )
         self.info["experiment"] = self.cfg.get("name")
-        rd.write_run_info(self.run_dir, self.info)
+        self.info["sweep"] = self.sweep
+        self._write_info()
+
+    def _write_info(self) -> None:
+        if is_rank_zero():
+            rd.write_run_info(self.run_dir, self.info)
 
     def previous_wandb_id(self) -> str | None:
         for inv in reversed(self.info.get("previous_invocations", [])):
@@ -89,38 +144,57 @@ class Run:
         return None
 
     def loggers(self) -> list[Logger]:
-        """The configured trackers, plus the PNG writer that puts every logged image into the run dir."""
+        """The configured trackers, plus the PNG writer that puts every logged image into the run dir.
+
+        W&B: a run directory that already had a W&B run (resume, SLURM requeue) continues the same run id;
+        a job of a multirun joins the group `<experiment>/<sweep folder>` and is tagged with its switches.
+        """
         group = self.cfg.get("logger")
-        if group and "wandb" in group and group.wandb.get("id") is None and self.previous_wandb_id():
-            group = OmegaConf.merge(
-                group, {"wandb": {"id": self.previous_wandb_id()}}
-            )  # resume: same W&B run
+        if group and "wandb" in group:
+            extra: dict[str, Any] = {}
+            if group.wandb.get("id") is None and self.previous_wandb_id():
+                extra["id"] = self.previous_wandb_id()
+            if self.sweep:
+                extra["group"] = f"{self.cfg.get('name')}/{Path(self.sweep['sweep_dir']).name}"
+                tags = [
+                    *group.wandb.get("tags", []),
+                    *(t[:64] for t in switch_overrides(self.sweep["overrides"])),
+                ]
+                extra["tags"] = list(dict.fromkeys(tags))
+            if extra:
+                group = OmegaConf.merge(group, {"wandb": extra})
         return [*instantiate_group(group, "logger"), ImageFileLogger(self.run_dir / "images")]
 
     def trainer(self, callbacks: list[Callback], loggers: list[Logger]) -> pl.Trainer:
         log.info("Instantiating trainer <%s>", self.cfg.trainer._target_)
         trainer = hydra.utils.instantiate(self.cfg.trainer, callbacks=callbacks, logger=loggers)
         self.info["device"] = rd.device_info(trainer)
-        rd.write_run_info(self.run_dir, self.info)
         config = resolved_config(self.cfg)
         for lg in trainer.loggers:
             lg.log_hyperparams(config)
+        if is_rank_zero():
+            self.info["wandb"] = wandb_run_info(
+                trainer.loggers
+            )  # recorded now: a killed run can be resumed into it
+        self._write_info()
         return trainer
 
     def fail(self, err: BaseException) -> None:
         self.info.update(status="failed", finished=rd.now(), error=f"{type(err).__name__}: {err}")
-        rd.write_run_info(self.run_dir, self.info)
+        self._write_info()
 
     def finish(
         self, trainer: pl.Trainer, metrics: dict[str, float], model: Any, datamodule: Any, **extra: Any
     ) -> None:
         """Writes metrics.json and the final run_info.json, prints the table and where the files are."""
+        if not is_rank_zero():
+            return
         data = datamodule.describe() if hasattr(datamodule, "describe") else None
         protocol = model.metric_protocol() if hasattr(model, "metric_protocol") else {}
         rd.write_metrics(self.run_dir, metrics, protocol, data)
         wb = wandb_run_info(trainer.loggers)
         self.info.update(status="completed", finished=rd.now(), wandb=wb, data=data, **extra)
-        rd.write_run_info(self.run_dir, self.info)
+        self._write_info()
         finish_wandb()  # its own summary first, so the suite's table is the last thing printed
         print_summary(self.run_dir, metrics, wb)
 

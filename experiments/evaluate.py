@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from experiments.checkpoints import check_compatible
 from experiments.common import Run, finish_wandb, instantiate_group, log, split_metrics
 from experiments.config import config_path
+from experiments.sweeps import run_job
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -44,8 +45,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=config_path(), config_name="evaluate")
-def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+def main(cfg: DictConfig) -> dict[str, float] | None:
+    return run_job(evaluate, cfg)
 
 
 if __name__ == "__main__":

@@ -172,7 +172,7 @@ def new_run_info(
         "device": device_info(),
     }
     previous = read_run_info(run_dir)
-    if previous:
+    if previous and previous.get("task") == task:
         earlier = previous.pop("previous_invocations", [])
         info["previous_invocations"] = [*earlier, previous]
     return info

@@ -11,7 +11,7 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.callbacks import CheckpointInfo
+from experiments.callbacks import CheckpointInfo, PerRankSeed
 from experiments.checkpoints import check_compatible, model_class_path
 from experiments.common import (
     Run,
@@ -22,6 +22,8 @@ from experiments.common import (
     split_metrics,
 )
 from experiments.config import config_path
+from experiments.slurm import check_allocation, in_slurm_batch_job
+from experiments.sweeps import run_job
 
 
 def resolve_resume(cfg: DictConfig) -> str | None:
@@ -40,11 +42,25 @@ def resolve_resume(cfg: DictConfig) -> str | None:
     return str(ckpt)
 
 
+def check_distributed(cfg: DictConfig, multirun: bool) -> None:
+    """Refuses DDP set-ups that would silently go wrong, before anything is written."""
+    t = cfg.trainer
+    check_allocation(t.get("devices", 1), t.get("num_nodes", 1))
+    ddp = str(t.get("strategy", "auto")).startswith("ddp") and str(t.get("devices", 1)) not in ("1", "[0]")
+    if ddp and multirun and not in_slurm_batch_job():
+        raise ValueError(
+            "trainer.strategy=ddp inside a local multirun (-m) is not supported: Lightning's launcher re-runs the "
+            "command line, i.e. the whole sweep, in every rank. Run the jobs one at a time, or launch the sweep "
+            "with hydra/launcher=slurm (one SLURM task per device)."
+        )
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Seed, compose data/model/callbacks/loggers/trainer from config, fit, test; returns the test metrics."""
-    ckpt_path = resolve_resume(cfg)
     run = Run(cfg, "train")
     try:
+        ckpt_path = resolve_resume(cfg)
+        check_distributed(cfg, multirun=run.sweep is not None)
         pl.seed_everything(cfg.seed, workers=True)
         log.info("Instantiating datamodule <%s>", cfg.data._target_)
         datamodule = hydra.utils.instantiate(cfg.data)
@@ -59,7 +75,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
             "model_config": OmegaConf.to_yaml(cfg.model, resolve=True),
             "data_config": OmegaConf.to_yaml(cfg.data, resolve=True),
         }
-        callbacks = [*instantiate_group(cfg.get("callbacks"), "callback"), CheckpointInfo(info)]
+        callbacks = [
+            *instantiate_group(cfg.get("callbacks"), "callback"),
+            CheckpointInfo(info),
+            PerRankSeed(cfg.seed),
+        ]
         trainer = run.trainer(callbacks, run.loggers())
         metrics: dict[str, float] = {}
         if cfg.get("train", True):
@@ -84,9 +104,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path=config_path(), config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
-    return metrics.get(cfg.get("optimized_metric", "")) if cfg.get("optimized_metric") else None
+def main(cfg: DictConfig) -> dict[str, float] | None:
+    return run_job(train, cfg)
 
 
 if __name__ == "__main__":

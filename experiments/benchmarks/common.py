@@ -24,6 +24,8 @@ class EpochTimer(Callback):
         self.starts.append(time.perf_counter())
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
         ends = [*self.starts[1:], time.perf_counter()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps([e - s for s, e in zip(self.starts, ends)]))
@@ -48,3 +50,22 @@ def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
 def write_results(path: Path, results: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+class StartupTimer(Callback):
+    """Seconds from the command's launch (`SUITE_BENCH_T0`, a time.time() set by the benchmark) to the first
+    training batch, written to `path` as JSON by rank zero."""
+
+    def __init__(self, path: str):
+        self.path = Path(path)
+        self.done = False
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        import os
+
+        if not self.done and trainer.is_global_zero and "SUITE_BENCH_T0" in os.environ:
+            self.done = True
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"startup_s": time.time() - float(os.environ["SUITE_BENCH_T0"])}))
