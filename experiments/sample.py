@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from experiments.checkpoints import CheckpointMismatchError, check_compatible, load_checkpoint
 from experiments.common import Run, log
 from experiments.config import config_path
+from experiments.sweeps import run_job
 
 DIFFUSION_CLASSES = ("lit_modules.ddpm.DDPM",)
 
@@ -145,7 +146,9 @@ def sample(cfg: DictConfig) -> dict[str, float]:
                 suffix = f"_class{int(labels[i])}" if labels is not None else ""
                 save_png(img, out_dir / "images" / f"seed_{seed + i:07d}{suffix}.png")
 
-        protocol: dict[str, Any] = {"sampling": sampling}
+        # sampling fields at the top level, so `experiments.report` can tell a varied switch (sampler, steps)
+        # from a protocol difference; the FID entry holds only what defines the FID itself
+        protocol: dict[str, Any] = dict(sampling)
         datamodule = None
         if fid_protocol is not None:
             datamodule = hydra.utils.instantiate(OmegaConf.create(suite["data_config"]))
@@ -159,7 +162,7 @@ def sample(cfg: DictConfig) -> dict[str, float]:
             for k in range(0, n, 500):
                 metric.update(images_t[k : k + 500].to(device), real=False)
             metrics["test/fid"] = float(metric.compute())
-            protocol["test/fid"] = fid_protocol.describe(n, real, **sampling)
+            protocol["test/fid"] = fid_protocol.describe(n, real)
         run.finish(
             SimpleNamespace(loggers=[]),
             metrics,
@@ -174,8 +177,8 @@ def sample(cfg: DictConfig) -> dict[str, float]:
 
 @hydra.main(version_base="1.3", config_path=config_path(), config_name="sample")
 def main(cfg: DictConfig) -> float | None:
-    metrics = sample(cfg)
-    return metrics.get("test/fid")
+    metrics = run_job(sample, cfg)  # in a multirun, a failed job is recorded and the sweep goes on
+    return (metrics or {}).get("test/fid")
 
 
 if __name__ == "__main__":

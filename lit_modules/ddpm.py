@@ -177,9 +177,7 @@ class DDPM(SuiteModule):
             )
             self._fid.update(images, real=False)
         fid = float(self._fid.compute())
-        self._fid_result = self.fid_protocol.describe(
-            n, num_real, **self.sampling_description(), seeds=f"{seeds[0]}..{seeds[-1]}"
-        )
+        self._fid_result = self.fid_protocol.describe(n, num_real, seeds=f"{seeds[0]}..{seeds[-1]}")
         self.log("test/fid", torch.tensor(fid, dtype=torch.float32), on_step=False, on_epoch=True)
         object.__setattr__(self, "_fid", None)
 
@@ -301,5 +299,6 @@ class DDPM(SuiteModule):
             "fixed-seed (t, eps) draw per image, EMA weights",
         }
         if self._fid_result:
+            out.update(self.sampling_description())  # top level: how the FID images were sampled
             out["test/fid"] = self._fid_result
         return out

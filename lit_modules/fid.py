@@ -4,7 +4,9 @@ float64 statistics, real statistics from the test split, and a minimum sample co
 
 Why not Inception: on MNIST there is no standard, the Inception weights need a download (this suite runs
 offline), and Inception-FID of grey 28x28 digits resized to 299 is a different scale altogether. The Inception
-path (`feature="inception"`) stays available as an optional extra (torch-fidelity) for online machines.
+path (`feature="inception"`) stays available for online machines that have torch-fidelity installed by hand:
+it requires torchvision, which cannot be installed beside the CPU torch wheel this suite pins (it breaks
+`import pytorch_lightning`), so it is deliberately not an extra of this package.
 The two scales are not comparable with each other, and neither is comparable with published CIFAR/ImageNet
 FIDs. FID is biased by the sample counts, so numbers are comparable only at the same feature network (hash),
 the same N generated and N real, and the same real split: `describe()` records all of them.
@@ -118,7 +120,7 @@ class GreyToInceptionUint8(nn.Module):
 
 
 def inception_feature_network() -> nn.Module:
-    """torchmetrics' Inception-v3 (torch-fidelity's FID weights). Needs the `fid-inception` extra and a download."""
+    """torchmetrics' Inception-v3 (torch-fidelity's FID weights). Needs torch-fidelity and a download."""
     try:
         from torchmetrics.image.fid import NoTrainInceptionV3
         from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
@@ -126,8 +128,10 @@ def inception_feature_network() -> nn.Module:
         raise ModuleNotFoundError(f"torchmetrics' FID module cannot be imported: {err}") from err
     if not _TORCH_FIDELITY_AVAILABLE:
         raise ModuleNotFoundError(
-            "fid.feature=inception needs torch-fidelity: pip install -c constraints.txt -e '.[fid-inception]' "
-            "(and a network connection for the Inception weights). Offline, use fid.feature=mnist_classifier."
+            "fid.feature=inception needs torch-fidelity (pip install torch-fidelity), which pulls in torchvision: "
+            "only on a machine whose torch has a matching torchvision (never beside this suite's CPU torch wheel, where "
+            "torchvision breaks pytorch_lightning), and with a network connection for the Inception weights. "
+            "Offline, use fid.feature=mnist_classifier."
         )
     try:
         net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])

@@ -145,6 +145,11 @@ class UNet(nn.Module):
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.base_channels = base_channels
+        self.channel_mults = tuple(channel_mults)
+        self.num_res_blocks = num_res_blocks
+        self.attention_resolutions = tuple(attention_resolutions)
+        self.attention_heads = attention_heads
+        self.groups = groups
         emb_dim = 4 * base_channels
         self.time_mlp = nn.Sequential(
             nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
