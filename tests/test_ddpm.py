@@ -247,3 +247,29 @@ def test_unet_rejects_bad_layouts_and_handles_the_null_class():
         UNet(image_size=28, base_channels=8, channel_mults=(1, 2), attention_resolutions=(), groups=4)(
             x, t, torch.tensor([1, 2])
         )
+
+
+@pytest.mark.slow
+def test_stock_ema_callback_would_test_the_raw_weights(tmp_path):
+    """The control for the EMA test above: with Lightning's own EMAWeightAveraging (2.6.6), fit-then-test in one
+    Trainer reloads `current_model_state` over the averaged weights, so the test scores the raw weights."""
+    probe = tmp_path / "probe.json"
+    cfg = compose(
+        "train",
+        [
+            "experiment=ddpm_mnist",
+            *SHORT,
+            "model.fid_num_samples=0",
+            "~callbacks.ema",
+            "+callbacks.ema._target_=pytorch_lightning.callbacks.EMAWeightAveraging",
+            "+callbacks.ema.decay=0.9",
+            "+callbacks.probe._target_=tests.test_ddpm.WeightProbe",
+            f"+callbacks.probe.path={probe}",
+        ],
+        output_dir=tmp_path / "run",
+    )
+    train(cfg)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    tested = json.loads(probe.read_text())["sum"]
+    assert tested == pytest.approx(_weight_sum(ckpt["current_model_state"]), abs=1e-6)
+    assert tested != pytest.approx(_weight_sum(ckpt["state_dict"]), abs=1e-6)

@@ -23,8 +23,6 @@ import torch
 from experiments.benchmarks.common import print_table, write_results
 from experiments.config import compose
 
-SAMPLER_SPEED = (("ancestral", 1000), ("ddim", 50), ("dpmpp_2m", 20))
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -41,6 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--fid-samplers",
         default="ancestral:1000,ddim:50,dpmpp_2m:20",
         help="sampler:steps list for the FID part (with --ckpt); empty to skip",
+    )
+    p.add_argument(
+        "--speed-samplers",
+        default="ancestral:1000,ddim:50,dpmpp_2m:20",
+        help="sampler:steps list for the samples-per-second part",
     )
     p.add_argument("--skip-speed", action="store_true", help="skip parts 1 and 2")
     p.add_argument("--output-dir", default=None, help="where benchmark_ddpm.json goes (default: a temp dir)")
@@ -148,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
 
             net_model = DDPM(ours, optimizer=None, fid_num_samples=0)
         speed = {}
-        for sampler, steps in SAMPLER_SPEED:
+        for item in args.speed_samplers.split(","):
+            sampler, steps = item.split(":")[0], int(item.split(":")[1])
             seeds = list(range(args.sample_batch))
             start = time.perf_counter()
             net_model.generate(seeds, sampler=sampler, steps=steps, progress=True)
