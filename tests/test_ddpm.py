@@ -273,3 +273,32 @@ def test_stock_ema_callback_would_test_the_raw_weights(tmp_path):
     tested = json.loads(probe.read_text())["sum"]
     assert tested == pytest.approx(_weight_sum(ckpt["current_model_state"]), abs=1e-6)
     assert tested != pytest.approx(_weight_sum(ckpt["state_dict"]), abs=1e-6)
+
+
+@pytest.mark.parametrize("prediction_type", ["eps", "x0", "v"])
+def test_every_training_target_trains_and_samples(prediction_type):
+    from lit_modules.ddpm import DDPM
+
+    torch.manual_seed(0)
+    net = UNet(image_size=28, base_channels=8, channel_mults=(1, 2), attention_resolutions=(), groups=4)
+    model = DDPM(net, optimizer=torch.optim.Adam, prediction_type=prediction_type, fid_num_samples=0)
+    x = torch.rand(4, 1, 28, 28)
+    loss = model.diffusion_loss(x, torch.zeros(4, dtype=torch.long))
+    assert loss.shape == (4,) and torch.isfinite(loss).all()
+    loss.mean().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    images = model.generate([0, 1], sampler="ancestral", steps=3)
+    assert images.shape == (2, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
+
+
+def test_inception_feature_path_fails_clearly_without_torch_fidelity():
+    from lit_modules.fid import FIDProtocol
+
+    try:
+        import torch_fidelity  # noqa: F401
+
+        pytest.skip("torch-fidelity is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ModuleNotFoundError, match="fid.feature=inception needs torch-fidelity"):
+        FIDProtocol(500, feature="inception").metric()

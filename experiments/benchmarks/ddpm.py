@@ -78,6 +78,11 @@ def diffusers_twin(net: torch.nn.Module):
     )
 
 
+def _bf16_call(m: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return m(x, t).float()
+
+
 def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
@@ -120,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(0)
         ours = hydra.utils.instantiate(cfg.model.net)
         theirs = diffusers_twin(ours)
+        torch.manual_seed(0)
+        ours_bf16 = hydra.utils.instantiate(cfg.model.net)  # a twin, so the fp32 model's optimizer is its own
         p_ours, p_theirs = n_params(ours), n_params(theirs)
         rel = abs(p_theirs - p_ours) / p_ours
         print(f"parameters: suite UNet {p_ours:,}, diffusers UNet2DModel {p_theirs:,} ({rel:+.1%})")
@@ -131,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
             {
                 "suite UNet": (ours, lambda m, x, t: m(x, t)),
                 "diffusers UNet2DModel": (theirs, lambda m, x, t: m(x, t).sample),
+                "suite UNet, bf16 autocast": (ours_bf16, _bf16_call),
             },
             args.batch,
             args.steps,
@@ -138,12 +146,20 @@ def run(args: argparse.Namespace) -> int:
         )
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = med["suite UNet"] / med["diffusers UNet2DModel"]
-        results.update(params={"suite": p_ours, "diffusers": p_theirs}, train_step_s=med, train_ratio=ratio)
+        bf16_speedup = med["suite UNet"] / med["suite UNet, bf16 autocast"]
+        results.update(
+            params={"suite": p_ours, "diffusers": p_theirs},
+            train_step_s=med,
+            train_ratio=ratio,
+            bf16_speedup=bf16_speedup,
+        )
         print_table(
-            [(k, f"{v * 1000:.1f}", f"{n:,}") for (k, v), n in zip(med.items(), (p_ours, p_theirs))],
+            [(k, f"{v * 1000:.1f}", f"{n:,}") for (k, v), n in zip(med.items(), (p_ours, p_theirs, p_ours))],
             ("model", f"ms / training step (batch {args.batch})", "parameters"),
         )
-        print(f"training-step time ratio suite/diffusers: {ratio:.3f} (target <= 1.0)")
+        print(
+            f"training-step time ratio suite/diffusers: {ratio:.3f} (target <= 1.0); fp32/bf16 autocast: {bf16_speedup:.2f}x"
+        )
 
         net_model = model
         if net_model is None:
