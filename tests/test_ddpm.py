@@ -117,10 +117,10 @@ def test_sample_entry_point_on_the_checkpoints(runs, tmp_path):
     )
     sample(alone)
     a = torch.from_numpy(
-        np.asarray(Image.open(tmp_path / "s1" / "samples" / "images" / "seed_0000007.png"))
+        np.array(Image.open(tmp_path / "s1" / "samples" / "images" / "seed_0000007.png"))
     ).int()
     b = torch.from_numpy(
-        np.asarray(Image.open(tmp_path / "s2" / "samples" / "images" / "seed_0000007.png"))
+        np.array(Image.open(tmp_path / "s2" / "samples" / "images" / "seed_0000007.png"))
     ).int()
     assert (a - b).abs().max() <= 1  # uint8 rounding of a float difference of ~1e-6 at most
 
