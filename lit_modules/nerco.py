@@ -162,6 +162,8 @@ class NeRCo(SuiteModule):
         self.text_options = dict(text_discriminator or {"backend": "open_clip"})
         self.optimizer_factory = optimizer or partial(torch.optim.Adam, lr=2e-4, betas=(0.5, 0.999))
         c = self.components
+        if official_ckpt_dir:  # cheap checks first: a wrong directory fails before ~50M parameters are built
+            check_official_dir(official_ckpt_dir, list(OFFICIAL_FILES))
 
         self.netG_A = ResnetGenerator(6, 3, ngf, n_blocks)
         self.netG_B = ResnetGenerator(3, 3, ngf, n_blocks)
@@ -561,21 +563,27 @@ def _describe_mismatch(fname: str, ours: Mapping[str, Tensor], theirs: Mapping[s
     return lines
 
 
-def load_official_state_dicts(ckpt_dir: str | Path, nets: Mapping[str, nn.Module]) -> dict[str, str]:
-    """Checks then loads each released file (plain state_dict, `weights_only=True`) into its network with
-    `strict=True`. Raises OfficialCheckpointError listing missing files, missing/unexpected keys and shapes."""
+def check_official_dir(ckpt_dir: str | Path, names: list[str]) -> Path:
+    """The directory exists and holds the released file of each network in `names` (G_A, Pre, H)."""
     d = Path(ckpt_dir)
-    expected = ", ".join(OFFICIAL_FILES[k] for k in nets)
+    expected = ", ".join(OFFICIAL_FILES[k] for k in names)
     if not d.is_dir():
         raise OfficialCheckpointError(
             f"official_ckpt_dir={d} is not a directory; it must hold {expected} (the released NeRCo archive)"
         )
-    missing_files = [OFFICIAL_FILES[k] for k in nets if not (d / OFFICIAL_FILES[k]).is_file()]
+    missing_files = [OFFICIAL_FILES[k] for k in names if not (d / OFFICIAL_FILES[k]).is_file()]
     if missing_files:
         raise OfficialCheckpointError(
             f"official_ckpt_dir={d} lacks {missing_files}; it must hold {expected} (the released NeRCo archive "
             "for LOL or LSRW, unpacked)"
         )
+    return d
+
+
+def load_official_state_dicts(ckpt_dir: str | Path, nets: Mapping[str, nn.Module]) -> dict[str, str]:
+    """Checks then loads each released file (plain state_dict, `weights_only=True`) into its network with
+    `strict=True`. Raises OfficialCheckpointError listing missing files, missing/unexpected keys and shapes."""
+    d = check_official_dir(ckpt_dir, list(nets))
     states, problems = {}, []
     for name, net in nets.items():
         path = d / OFFICIAL_FILES[name]
@@ -647,6 +655,7 @@ __all__ = [
     "COMPONENTS",
     "WEIGHTS",
     "OFFICIAL_FILES",
+    "check_official_dir",
     "load_official_state_dicts",
     "released_input",
     "released_enhance",

@@ -289,7 +289,10 @@ def build_text_backend(kind: str = "open_clip", **options: Any) -> TextImageBack
             )
         return file_backend(options["file"])
     if kind == "random":
-        return random_backend(options.get("arch") or "tiny", int(options.get("seed") or 0))
+        scale = options.get("logit_scale")
+        return random_backend(
+            options.get("arch") or "tiny", int(options.get("seed") or 0), float(scale or 100.0)
+        )
     raise ValueError(f"text discriminator backend must be open_clip, file or random, got {kind!r}")
 
 
