@@ -330,8 +330,9 @@ def test_official_checkpoint_errors_name_files_keys_and_shapes(tmp_path):
     (d / "latest_net_H.pth").write_text("not a checkpoint")
     with pytest.raises(OfficialCheckpointError, match="latest_net_H.pth: not a readable PyTorch state_dict"):
         NeRCo(official_ckpt_dir=str(d))
+    write_released(tmp_path / "ok")
     with pytest.raises(OfficialCheckpointError, match="needs the NRN and the mask extractor"):
-        NeRCo(official_ckpt_dir=str(tmp_path / "lol"), components={"nrn": False})
+        NeRCo(official_ckpt_dir=str(tmp_path / "ok"), components={"nrn": False})
 
 
 def test_released_size_rounds_halves_to_even():

@@ -100,7 +100,10 @@ def test_shapes_and_init():
         assert d(x).shape == (2, 1, 2, 4)  # 70x70 PatchGAN: /8 then two 4x4 stride-1 convs (-1 each)
         noise, mask = h(x)
         assert noise.shape == x.shape and mask.shape == (2, 1, 32, 48)
-        assert noise.abs().max() < 1 and 0 < mask.min() and mask.max() < 1
+        assert (
+            noise.abs().max() <= 1 and 0 <= mask.min() and mask.max() <= 1
+        )  # tanh and sigmoid (float32 saturates)
+        assert noise.std() > 0.05 and mask.std() > 0  # mask ~ 0.5 at N(0, 0.02) init
     w = g_b.model[1].weight
     assert (
         abs(w.std().item() - 0.02) < 0.002 and w.mean().abs() < 0.002 and g_b.model[1].bias.abs().max() == 0
