@@ -295,3 +295,92 @@ def test_random_backend_is_frozen_and_seeded():
     logits = a.logits(x)
     assert logits.shape == (3, 2) and logits.abs().max() <= 100 + 1e-4
     torch.testing.assert_close(logits, b.logits(x))
+
+
+# --------------------------------------------------------------------------------- text backends
+def test_file_backend_round_trip_and_bad_files(tmp_path):
+    from lit_modules.nets.clip_backend import (
+        FILE_FORMAT,
+        PROMPTS,
+        TINY,
+        TextBackendUnavailable,
+        build_text_backend,
+    )
+
+    torch.manual_seed(0)
+    visual = ModifiedResNet(**TINY).eval()
+    text = torch.randn(2, TINY["output_dim"])
+    blob = {
+        "format": FILE_FORMAT,
+        "source": "test",
+        "arch": TINY,
+        "prompts": list(PROMPTS),
+        "visual": visual.state_dict(),
+        "text_features": text,
+        "logit_scale": 100.0,
+    }
+    path = tmp_path / "clip.pt"
+    torch.save(blob, path)
+    backend = build_text_backend("file", file=str(path))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        want = 100.0 * F.normalize(visual(x), dim=-1) @ F.normalize(text, dim=-1).t()
+    torch.testing.assert_close(backend.logits(x), want)
+    assert backend.image_size == 64 and backend.source.startswith("file:")
+    torch.save({**blob, "prompts": ["dark", "bright"]}, tmp_path / "other.pt")
+    with pytest.raises(TextBackendUnavailable, match="holds embeddings of prompts"):
+        build_text_backend("file", file=str(tmp_path / "other.pt"))
+    torch.save({"weights": 1}, tmp_path / "junk.pt")
+    with pytest.raises(TextBackendUnavailable, match="not a text-discriminator file"):
+        build_text_backend("file", file=str(tmp_path / "junk.pt"))
+    with pytest.raises(TextBackendUnavailable, match="needs model.text_discriminator.file"):
+        build_text_backend("file")
+
+
+def test_open_clip_backend_with_a_stand_in_package(monkeypatch):
+    """The open_clip code path against a stand-in module with open_clip's API (the real one needs
+    torchvision): prompts tokenised once, text encoded once, the image tower kept, no download allowed."""
+    import sys
+    import types
+
+    from lit_modules.nets.clip_backend import PROMPTS, TINY, build_text_backend
+
+    calls = {"tokenize": [], "encode_text": 0, "offline": None}
+
+    class FakeClip(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.visual = ModifiedResNet(**TINY)
+            self.visual.image_size = 64
+            self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(100.0)))
+
+        def encode_text(self, tokens):
+            calls["encode_text"] += 1
+            return torch.stack(
+                [torch.full((TINY["output_dim"],), float(t.sum())) for t in tokens]
+            ) + torch.arange(TINY["output_dim"])
+
+    def create_model(name, pretrained=None, cache_dir=None, device=None):
+        import os
+
+        calls["offline"] = os.environ.get("HF_HUB_OFFLINE")
+        assert name == "RN50-quickgelu" and pretrained == "openai"
+        return FakeClip()
+
+    def get_tokenizer(name):
+        def tok(texts):
+            calls["tokenize"].append(list(texts))
+            return torch.tensor([[len(t)] for t in texts])
+
+        return tok
+
+    fake = types.SimpleNamespace(create_model=create_model, get_tokenizer=get_tokenizer)
+    monkeypatch.setitem(sys.modules, "open_clip", fake)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    backend = build_text_backend("open_clip", model_name="RN50-quickgelu", pretrained="openai")
+    assert calls["tokenize"] == [list(PROMPTS)] and calls["encode_text"] == 1 and calls["offline"] == "1"
+    import os
+
+    assert "HF_HUB_OFFLINE" not in os.environ  # restored
+    assert backend.logit_scale == pytest.approx(100.0) and backend.image_size == 64
+    assert backend.logits(torch.rand(1, 3, 64, 64)).shape == (1, 2) and calls["encode_text"] == 1

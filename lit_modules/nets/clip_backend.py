@@ -265,7 +265,7 @@ def open_clip_backend(
     model.eval()
     with torch.no_grad():
         text = model.encode_text(tokenizer(list(PROMPTS))).float()
-    image_size = model.visual.image_size
+    image_size = getattr(model.visual, "image_size", 224)
     image_size = image_size[0] if isinstance(image_size, (tuple, list)) else image_size
     return TextImageBackend(
         model.visual.float(),
