@@ -251,9 +251,20 @@ class NeRCo(SuiteModule):
                 group["lr"] = group["initial_lr"] * factor
         return factor
 
+    def _schedule(self, epoch: int) -> None:
+        self.apply_lr_schedule([getattr(o, "optimizer", o) for o in self.optimizers()], epoch)
+
+    # The rate is set before each epoch's callbacks run (LearningRateMonitor logs at epoch start): at train
+    # start (also after a resume) for the first epoch, and at each epoch's end for the next one.
+    def on_train_start(self) -> None:
+        self._schedule(self.current_epoch)
+
     def on_train_epoch_start(self) -> None:
-        opts = [getattr(o, "optimizer", o) for o in self.optimizers()]
-        self.apply_lr_schedule(opts, self.current_epoch)
+        self._schedule(self.current_epoch)
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        self._schedule(self.current_epoch + 1)
 
     # ------------------------------------------------------------------------------------------ forward
     def _g_a_input(self, x: Tensor, pre: Tensor | None, mask: Tensor | None) -> Tensor:

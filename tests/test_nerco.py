@@ -219,6 +219,30 @@ def test_learning_rate_schedule(step_at_start, expected):
             assert opt.param_groups[0]["lr"] == pytest.approx(2e-4 * factor, abs=1e-15)
 
 
+@pytest.mark.parametrize(("variant", "expected"), [("paper", [2e-4, 1e-4]), ("official", [1e-4, 0.0])])
+def test_trainer_runs_each_epoch_at_the_scheduled_rate(variant, expected, tmp_path):
+    """n_epochs=1, n_epochs_decay=1: the rate each epoch's steps see, and what LearningRateMonitor logs."""
+    seen, logged = [], []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, trainer, *args):
+            seen.append([g["lr"] for opt in trainer.optimizers for g in opt.param_groups])
+
+    class Logged(pl.loggers.CSVLogger):
+        def log_metrics(self, metrics, step=None):
+            logged.extend(v for k, v in metrics.items() if k.startswith("lr-"))
+
+    m = small(variant, n_epochs=1, n_epochs_decay=1, components={"text_discriminator": False})
+    trainer = pl.Trainer(
+        max_epochs=2, limit_train_batches=1, accelerator="cpu", enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+        logger=Logged(tmp_path), callbacks=[Record(), pl.callbacks.LearningRateMonitor("epoch")],
+    )  # fmt: skip
+    trainer.fit(m, DataLoader(Unpaired(1, 32), batch_size=1))
+    assert [lrs[0] for lrs in seen] == pytest.approx(expected) and all(len(set(lrs)) == 1 for lrs in seen)
+    assert logged[::2] == pytest.approx(expected)  # two optimizers, one value each per epoch
+
+
 def test_image_pool_is_detached_and_bounded():
     pool = ImagePool(2)
     x = torch.zeros(3, 1, 2, 2, requires_grad=True)
