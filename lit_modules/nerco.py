@@ -179,9 +179,8 @@ class NeRCo(SuiteModule):
             self.edge = EdgeOperator(edge_operator, self.faithful["edge_rgb"], edge_scale)
         else:
             self.netD_A_edge = self.netD_B_edge = self.edge = None
-        self._text: list[
-            TextImageBackend
-        ] = []  # kept out of the state_dict (frozen, ~100 MB, rebuilt at fit)
+        # the text backend is kept out of the state_dict (frozen, ~100 MB for RN50, rebuilt at each fit)
+        self._text: list[TextImageBackend] = []
         pool_names = ["fake_A", "fake_B", "pre_A", "fake_A_edge", "fake_B_edge", "fake_A_text", "fake_B_text"]
         self.pools = {name: ImagePool(pool_size) for name in pool_names}
         self.val_metrics = nn.ModuleDict({k: MeanMetric() for k in ("psnr", "ssim", "loss")})
