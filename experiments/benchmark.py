@@ -10,6 +10,7 @@ import sys
 
 SUITES = {
     "vae": "experiments.benchmarks.vae",
+    "lowlight_data": "experiments.benchmarks.lowlight",
 }
 
 

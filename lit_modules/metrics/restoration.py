@@ -230,6 +230,15 @@ def metric_key(split: str, method: str | None, name: str) -> str:
     return f"{split}/{method}/{name}" if method else f"{split}/{name}"
 
 
+def _item(value: Any, i: int, batch: int) -> Any:
+    """Row value of image i: element i of a (B,) tensor or a length-B list, else the value itself."""
+    if torch.is_tensor(value):
+        return value.item() if value.ndim == 0 else value[i].item()
+    if isinstance(value, list | tuple) and len(value) == batch:
+        return value[i]
+    return value
+
+
 class RestorationScores(nn.Module):
     """Means of per-image PSNR/SSIM per method (torchmetrics, so DDP-safe) and the per-image rows.
 
@@ -268,7 +277,7 @@ class RestorationScores(nn.Module):
         for i, image in enumerate(names):
             row = {"image": image, "method": method or "model"}
             row.update({k: float(v[i]) for k, v in values.items()})
-            row.update({k: (float(v[i]) if torch.is_tensor(v) and v.ndim else v) for k, v in extra.items()})
+            row.update({k: _item(v, i, len(names)) for k, v in extra.items()})
             self.rows.append(row)
         return values
 
