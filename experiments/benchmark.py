@@ -11,6 +11,7 @@ import sys
 SUITES = {
     "vae": "experiments.benchmarks.vae",
     "ddp": "experiments.benchmarks.ddp",
+    "lowlight_data": "experiments.benchmarks.lowlight",
 }
 
 
