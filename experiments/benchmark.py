@@ -11,6 +11,7 @@ import sys
 SUITES = {
     "vae": "experiments.benchmarks.vae",
     "lowlight_data": "experiments.benchmarks.lowlight",
+    "cls": "experiments.benchmarks.cls",
 }
 
 
