@@ -229,3 +229,17 @@ def test_evaluate_cls_deblur_writes_the_table(tmp_path, compose_cfg, caplog):
     assert all(float(r["gamma"]) > 0 and r["converged"] == "1.000000" for r in cls_rows)
     assert len(list((run_dir / "images" / "test" / "side_by_side").glob("*.png"))) == len(settings)
     assert any("iteration" in r.message and "bisect" in r.message for r in caplog.records)
+
+
+def test_prepare_checks_the_clean_images(tmp_path, compose_cfg, capsys):
+    from experiments.prepare import prepare
+
+    cfg = compose_cfg("prepare", ["data=deblur", "data.photos=[camera,moon]"], run_dir=tmp_path / "p")
+    assert cfg.name == "clean_images" and prepare(cfg) == 0
+    assert "test: 24 pairs; sizes (w x h): 512x512 x2" in capsys.readouterr().out
+    bad = compose_cfg(
+        "prepare",
+        ["data=deblur", "data.source=folder", f"data.path={tmp_path / 'none'}"],
+        run_dir=tmp_path / "q",
+    )
+    assert prepare(bad) == 1
