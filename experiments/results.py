@@ -83,19 +83,27 @@ def markdown(tables: dict[str, dict[str, Any]], data: dict[str, Any] | None, pro
         ]
         lines.append("")
         two_level = [r for r in t["rows"] if r.count("/") == 1]
-        if two_level and len(two_level) == len(t["rows"]) and {"psnr", "ssim"} <= set(cols):
-            settings = list(dict.fromkeys(r.split("/")[0] for r in two_level))
-            methods = list(dict.fromkeys(r.split("/")[1] for r in two_level))
-            lines += [f"### {split}: PSNR (dB) / SSIM by setting", ""]
-            lines += ["| setting | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
-            for s in settings:
-                cells = []
-                for m in methods:
-                    v = t["rows"].get(f"{s}/{m}")
-                    cells.append(f"{v['psnr']:.2f} / {v['ssim']:.4f}" if v else "-")
-                lines.append(f"| {s} | " + " | ".join(cells) + " |")
-            lines.append("")
+        if two_level and {"psnr", "ssim"} <= set(cols):
+            lines += _pivot(split, t["rows"], two_level)
     return "\n".join(lines)
+
+
+def _pivot(split: str, rows: dict[str, dict[str, Any]], two_level: list[str]) -> list[str]:
+    """setting x method table of "PSNR / SSIM" cells; one-level rows (aggregates) form the last line."""
+    settings = list(dict.fromkeys(r.split("/")[0] for r in two_level))
+    methods = list(dict.fromkeys(r.split("/")[1] for r in two_level))
+    lines = [f"### {split}: PSNR (dB) / SSIM by setting", ""]
+    lines += ["| setting | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+
+    def cell(v: dict[str, Any] | None) -> str:
+        return f"{v['psnr']:.2f} / {v['ssim']:.4f}" if v and "psnr" in v and "ssim" in v else "-"
+
+    for s in settings:
+        lines.append(f"| {s} | " + " | ".join(cell(rows.get(f"{s}/{m}")) for m in methods) + " |")
+    if any(m in rows for m in methods):
+        lines.append("| **all settings** | " + " | ".join(cell(rows.get(m)) for m in methods) + " |")
+    lines.append("")
+    return lines
 
 
 def write_per_image_csv(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -56,7 +56,7 @@ class RestorationModule(SuiteModule):
         self.test_scores = RestorationScores(self.protocol, "test")
         self.num_side_by_side = num_side_by_side
         self.input_key, self.target_key, self.name_key = input_key, target_key, name_key
-        self._side_by_side_logged = 0
+        self._side_by_side_logged: dict[str, int] = {}
         self._rows: list[dict[str, Any]] = []
 
     @property
@@ -73,20 +73,26 @@ class RestorationModule(SuiteModule):
         batch: dict[str, Any],
         outputs: dict[str, torch.Tensor] | torch.Tensor,
         panels_before: dict[str, torch.Tensor] | None = None,
+        group: str = "",
+        method_extra: dict[str, dict[str, Any]] | None = None,
         **row_extra: Any,
     ) -> dict[str, dict[str, torch.Tensor]]:
         """Scores `outputs` ({method: (B, C, H, W)} in the module's value range, or one tensor for method "")
-        against `batch[target_key]`; returns {method: {"psnr": (B,), "ssim": (B,)}}. `row_extra` values
-        (scalars or (B,) tensors) are added to the per-image rows (e.g. the setting of a sweep)."""
+        against `batch[target_key]`; returns {method: {"psnr": (B,), "ssim": (B,)}}.
+
+        `row_extra` values (scalars, (B,) tensors or length-B lists) go into every per-image row,
+        `method_extra[method]` into that method's rows only. Side-by-side images are counted per `group`
+        (a sweep logs `num_side_by_side` images for each setting)."""
         if torch.is_tensor(outputs):
             outputs = {"": outputs}
         target = self.unit(batch[self.target_key])
         names = list(batch[self.name_key])
         values = {}
         for method, out in outputs.items():
-            values[method] = self.test_scores.update(method, self.unit(out), target, names, **row_extra)
+            extra = {**row_extra, **((method_extra or {}).get(method) or {})}
+            values[method] = self.test_scores.update(method, self.unit(out), target, names, **extra)
         self.test_scores.log(self)
-        self._log_side_by_side(batch, outputs, panels_before or {}, names)
+        self._log_side_by_side(batch, outputs, panels_before or {}, names, group)
         return values
 
     def _log_side_by_side(
@@ -95,13 +101,14 @@ class RestorationModule(SuiteModule):
         outputs: dict[str, torch.Tensor],
         panels_before: dict[str, torch.Tensor],
         names: list[str],
+        group: str = "",
     ) -> None:
-        if self._side_by_side_logged >= self.num_side_by_side:
+        if self._side_by_side_logged.get(group, 0) >= self.num_side_by_side:
             return
         low, high = self.unit(batch[self.input_key]), self.unit(batch[self.target_key])
         titles = [self.input_key, *panels_before, *(m or "output" for m in outputs), self.target_key]
         for i, name in enumerate(names):
-            if self._side_by_side_logged >= self.num_side_by_side:
+            if self._side_by_side_logged.get(group, 0) >= self.num_side_by_side:
                 break
             row = [low[i], *(self.unit(p[i]) for p in panels_before.values())]
             row += [self.unit(o[i]) for o in outputs.values()] + [high[i]]
@@ -112,12 +119,12 @@ class RestorationModule(SuiteModule):
                 nrow=len(row),
                 caption=f"{name}: " + " | ".join(titles),
             )
-            self._side_by_side_logged += 1
+            self._side_by_side_logged[group] = self._side_by_side_logged.get(group, 0) + 1
 
     # ------------------------------------------------------------------ hooks and reports
     def on_test_epoch_start(self) -> None:
         self.test_scores.reset_rows()
-        self._side_by_side_logged = 0
+        self._side_by_side_logged = {}
 
     def on_test_epoch_end(self) -> None:
         self._rows = self.test_scores.gather_rows()

@@ -387,3 +387,38 @@ def test_layout_table_matches_reference():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert pair_key("normal00690") == pair_key("low00690")
+
+
+def test_hf_imagefolder_layouts(tmp_path):
+    """A local imagefolder train|test/{low,high}/ and the same pushed to parquet (image + ClassLabel label)."""
+    import json as _json
+
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(3)
+    cells, labels = {"train": [], "test": []}, {"train": [], "test": []}
+    for split, n in (("train", 3), ("test", 2)):
+        for i in range(n):
+            low, high = pair_arrays(rng, 16, 16)
+            write(tmp_path / "folder" / split / "low" / f"{i}.png", low)
+            write(tmp_path / "folder" / split / "high" / f"{i}.png", high)
+            for label, arr in ((1, low), (0, high)):
+                cells[split].append({"bytes": _png_bytes(arr), "path": f"{i}.png"})
+                labels[split].append(label)
+    dm = LowLightDataModule(source="hf", hf={"path": str(tmp_path / "folder")}, crop=None)
+    dm.setup()
+    assert len(dm.splits["train"]) == 3 and len(dm.splits["test"]) == 2
+    meta = {
+        b"huggingface": _json.dumps({"info": {"features": {"label": {"names": ["high", "low"]}}}}).encode()
+    }
+    (tmp_path / "pq").mkdir()
+    for split in ("train", "test"):
+        table = pa.table({"image": cells[split], "label": labels[split]})
+        pq.write_table(
+            table.replace_schema_metadata(meta), tmp_path / "pq" / f"{split}-00000-of-00001.parquet"
+        )
+    dm = LowLightDataModule(source="hf", hf={"path": str(tmp_path / "pq")}, crop=None)
+    dm.setup()
+    item = dm.splits["test"][1]
+    assert item["low_name"] == "test/low/1.png" and np.array_equal(_u8(item["low"]), _u8(item["high"]) // 4)

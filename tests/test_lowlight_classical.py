@@ -84,6 +84,20 @@ def test_evaluate_lowlight_classical_writes_the_table(tmp_path, compose_cfg):
     assert grid.shape[1] > (len(methods) + 2) * 64 and grid.std() > 5  # low | 6 methods | high
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["status"] == "completed" and math.isfinite(metrics["test/clahe/ssim"])
+    # NeRCo's [-1, 1] range: the module maps to [0, 1] before scoring, so the numbers do not change
+    cfg = compose_cfg(
+        "evaluate",
+        [
+            "experiment=lowlight_classical",
+            "logger=none",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+            "data.value_range=[-1.0,1.0]",
+            *SMALL,
+        ],
+        run_dir=tmp_path / "run_pm1",
+    )
+    pm1 = evaluate(cfg)
+    assert all(abs(pm1[k] - metrics[k]) < 1e-4 for k in metrics)
 
 
 def test_prepare_reports_problems_and_exit_status(tmp_path, compose_cfg, capsys):

@@ -269,11 +269,22 @@ class RestorationScores(nn.Module):
         return self.means[safe]
 
     def update(
-        self, method: str, pred: torch.Tensor, target: torch.Tensor, names: list[str], **extra: Any
+        self,
+        method: str,
+        pred: torch.Tensor,
+        target: torch.Tensor,
+        names: list[str],
+        rows: bool = True,
+        values: dict[str, torch.Tensor] | None = None,
+        **extra: Any,
     ) -> dict[str, torch.Tensor]:
-        values = score(pred, target, self.protocol)
+        """Scores a batch (or takes already computed `values`), adds it to the means of `method`, and records
+        one row per image unless `rows=False` (an aggregate over settings that already have rows)."""
+        values = values if values is not None else score(pred, target, self.protocol)
         for name, v in values.items():
             self._metric(method, name, pred.device).update(v)
+        if not rows:
+            return values
         for i, image in enumerate(names):
             row = {"image": image, "method": method or "model"}
             row.update({k: float(v[i]) for k, v in values.items()})
