@@ -12,6 +12,8 @@ SUITES = {
     "vae": "experiments.benchmarks.vae",
     "ddp": "experiments.benchmarks.ddp",
     "ddpm": "experiments.benchmarks.ddpm",
+    "lowlight_data": "experiments.benchmarks.lowlight",
+    "cls": "experiments.benchmarks.cls",
 }
 
 

@@ -15,6 +15,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from experiments import results
 from experiments import run_dir as rd
 from experiments.tracking import ImageFileLogger, wandb_run_info
 
@@ -191,7 +192,11 @@ class Run:
             return
         data = datamodule.describe() if hasattr(datamodule, "describe") else None
         protocol = model.metric_protocol() if hasattr(model, "metric_protocol") else {}
-        rd.write_metrics(self.run_dir, metrics, protocol, data)
+        # multi-method runs (`test/<method>/<name>` keys): tables in metrics.json + results.md; per_image.csv
+        # when the model has per-image rows (experiments/results.py, docs/DEVELOPING.md)
+        tables = results.metric_tables(metrics, getattr(model, "table_order", None))
+        rd.write_metrics(self.run_dir, metrics, protocol, data, extra={"tables": tables} if tables else None)
+        results.write_result_files(self.run_dir, model, tables, data, protocol)
         wb = wandb_run_info(trainer.loggers)
         self.info.update(status="completed", finished=rd.now(), wandb=wb, data=data, **extra)
         self._write_info()
@@ -223,7 +228,9 @@ def split_metrics(callback_metrics: dict[str, Any], splits: tuple[str, ...]) -> 
 
 def print_summary(run_dir: Path, metrics: dict[str, float], wandb: dict[str, Any] | None) -> None:
     lines = ["", rd.format_table(metrics, "metric"), f"Run directory: {run_dir}"]
-    files = [p for p in ("metrics.json", "run_info.json") if (run_dir / p).exists()]
+    files = [
+        p for p in ("metrics.json", "run_info.json", "results.md", "per_image.csv") if (run_dir / p).exists()
+    ]
     ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
     files += [str(p.relative_to(run_dir)) for p in ckpts]
     lines.append("  files: " + ", ".join(files))

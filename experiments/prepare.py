@@ -1,0 +1,48 @@
+"""`python -m experiments.prepare data=<name> [overrides]`: verify a data set folder before training on it.
+
+Builds the configured DataModule (the synthetic default is generated and cached here if it is the source),
+then runs its `check(full=...)`: every folder of the layout, the low/high pairing, every image decoded (or only
+its header with `full=false`), sizes within pairs, colour modes. Prints the counts, sizes and every problem
+found (not only the first), writes the same as `check.json` in the run directory, and exits with status 1
+when there is a problem, so scripts can gate on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from experiments.config import config_path
+from experiments.run_dir import write_json_atomic
+
+log = logging.getLogger("experiments")
+
+
+def prepare(cfg: DictConfig) -> int:
+    log.info("Instantiating datamodule <%s>", cfg.data._target_)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    check = getattr(datamodule, "check", None)
+    if not callable(check):
+        raise TypeError(f"{cfg.data._target_} has no check() method: nothing to verify")
+    report = check(full=bool(cfg.get("full", True)))
+    print(report.format(), flush=True)
+    out = f"{cfg.paths.output_dir}/check.json"
+    write_json_atomic(Path(out), dataclasses.asdict(report))
+    print(f"report: {out}", flush=True)
+    return 0 if report.ok else 1
+
+
+@hydra.main(version_base="1.3", config_path=config_path(), config_name="prepare")
+def main(cfg: DictConfig) -> None:
+    code = prepare(cfg)
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Metric protocols shared by the models (restoration: PSNR/SSIM)."""

@@ -1,0 +1,127 @@
+"""CycleGAN building blocks (Zhu et al. 2017) in the layout NeRCo's released code uses (`Ysz2022/NeRCo`,
+`models/networks.py`): the ResNet generator, its trunk, and the 70x70 PatchGAN discriminator.
+
+Module order is part of the contract: the indices of `model.<i>` are the state_dict keys of the released
+checkpoints (`model.1` = first 7x7 conv, `model.10`..`model.18` = residual blocks, `model.26` = last conv), so
+every layer, parameter-free ones included, sits at the index it has there. Instance norm without affine
+parameters and convs with biases (the released `use_bias = norm is InstanceNorm2d`), reflect padding, no dropout.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+from torch.nn import init
+
+
+def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
+    """N(0, gain) for every Conv*/Linear weight, 0 for their biases (the released `init_type='normal'`)."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                init.zeros_(m.bias)
+    return net
+
+
+def _norm(channels: int) -> nn.InstanceNorm2d:
+    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+
+
+class ResnetBlock(nn.Module):
+    """x + [pad, conv3x3, IN, ReLU, pad, conv3x3, IN](x); keys `conv_block.1` and `conv_block.5`."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.conv_block = nn.Sequential(
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, kernel_size=3, padding=0, bias=True),
+            _norm(dim),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(dim, dim, kernel_size=3, padding=0, bias=True),
+            _norm(dim),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv_block(x)
+
+
+def resnet_trunk(in_channels: int, ngf: int = 64, n_blocks: int = 9) -> list[nn.Module]:
+    """Layers 0-24 of CycleGAN's `resnet_9blocks`: 7x7 conv to ngf, two stride-2 convs (ngf -> 4 ngf),
+    n_blocks residual blocks, two transposed convs back to ngf at full resolution (H, W multiples of 4)."""
+    layers: list[nn.Module] = [
+        nn.ReflectionPad2d(3),
+        nn.Conv2d(in_channels, ngf, kernel_size=7, padding=0, bias=True),
+        _norm(ngf),
+        nn.ReLU(True),
+    ]
+    for i in range(2):  # downsampling
+        mult = 2**i
+        layers += [
+            nn.Conv2d(ngf * mult, ngf * mult * 2, kernel_size=3, stride=2, padding=1, bias=True),
+            _norm(ngf * mult * 2),
+            nn.ReLU(True),
+        ]
+    layers += [ResnetBlock(ngf * 4) for _ in range(n_blocks)]
+    for i in range(2):  # upsampling
+        mult = 2 ** (2 - i)
+        layers += [
+            nn.ConvTranspose2d(
+                ngf * mult, ngf * mult // 2, kernel_size=3, stride=2, padding=1, output_padding=1, bias=True
+            ),
+            _norm(ngf * mult // 2),
+            nn.ReLU(True),
+        ]
+    return layers
+
+
+class ResnetGenerator(nn.Module):
+    """CycleGAN `resnet_9blocks`: trunk, ReflectionPad3, 7x7 conv to `out_channels`, tanh (outputs in (-1, 1)).
+
+    NeRCo uses it as G_H (`netG_A`, 6 input channels: the image and the NRN output) and G_L (`netG_B`, 3).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int = 3, ngf: int = 64, n_blocks: int = 9):
+        super().__init__()
+        layers = resnet_trunk(in_channels, ngf, n_blocks)
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, kernel_size=7, padding=0), nn.Tanh()]
+        self.model = nn.Sequential(*layers)
+        init_weights(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] % 4 or x.shape[-2] % 4:
+            raise ValueError(f"ResnetGenerator needs H and W divisible by 4, got {tuple(x.shape[-2:])}")
+        return self.model(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """The 70x70 PatchGAN (`NLayerDiscriminator`, n_layers=3, ndf=64): one logit per ~70x70 patch, no sigmoid
+    (LSGAN). Keys `model.0`, `model.2`, `model.5`, `model.8`, `model.11`."""
+
+    def __init__(self, in_channels: int = 3, ndf: int = 64, n_layers: int = 3):
+        super().__init__()
+        kw, padw = 4, 1
+        seq: list[nn.Module] = [
+            nn.Conv2d(in_channels, ndf, kernel_size=kw, stride=2, padding=padw),
+            nn.LeakyReLU(0.2, True),
+        ]
+        mult = 1
+        for n in range(1, n_layers):
+            prev, mult = mult, min(2**n, 8)
+            seq += [
+                nn.Conv2d(ndf * prev, ndf * mult, kernel_size=kw, stride=2, padding=padw, bias=True),
+                _norm(ndf * mult),
+                nn.LeakyReLU(0.2, True),
+            ]
+        prev, mult = mult, min(2**n_layers, 8)
+        seq += [
+            nn.Conv2d(ndf * prev, ndf * mult, kernel_size=kw, stride=1, padding=padw, bias=True),
+            _norm(ndf * mult),
+            nn.LeakyReLU(0.2, True),
+            nn.Conv2d(ndf * mult, 1, kernel_size=kw, stride=1, padding=padw),
+        ]
+        self.model = nn.Sequential(*seq)
+        init_weights(self)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x)
