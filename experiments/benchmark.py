@@ -11,6 +11,7 @@ import sys
 SUITES = {
     "vae": "experiments.benchmarks.vae",
     "ddp": "experiments.benchmarks.ddp",
+    "ddpm": "experiments.benchmarks.ddpm",
     "lowlight_data": "experiments.benchmarks.lowlight",
     "cls": "experiments.benchmarks.cls",
 }

@@ -1,0 +1,224 @@
+"""DDPM: the suite's UNet against diffusers' UNet2DModel (training step), sampler speed, and FID per sampler.
+
+1. Training step (forward, MSE, backward, Adam step) of the suite's UNet (`experiment=ddpm_mnist`'s model)
+   and of diffusers' `UNet2DModel` configured to the same depth, channels, attention placement and GroupNorm
+   groups (parameter count within 10 %, checked), on the same batch, alternating `--rounds` times (this
+   machine's timings drift); median step time and their ratio (target <= 1.0). Needs the `bench` extra.
+2. Samples per second of ancestral-1000, DDIM-50 and DPM-Solver++(2M)-20 on `--sample-batch` images.
+3. With `--ckpt`: FID of each sampler under the suite's protocol (lit_modules/fid.py), `--fid-samples` images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+
+from experiments.benchmarks.common import print_table, write_results
+from experiments.config import compose
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ckpt", default=None, help="a ddpm_mnist checkpoint: sampler speed on it, and FID per sampler"
+    )
+    p.add_argument("--batch", type=int, default=32, help="training batch size (ddpm_mnist uses 32)")
+    p.add_argument("--steps", type=int, default=10, help="timed training steps per round and model")
+    p.add_argument("--rounds", type=int, default=3, help="the two models alternate this many times")
+    p.add_argument("--sample-batch", type=int, default=32, help="images per sampler-speed measurement")
+    p.add_argument(
+        "--fid-samples", type=int, default=500, help="images per FID (the protocol's minimum is 500)"
+    )
+    p.add_argument(
+        "--fid-samplers",
+        default="ancestral:1000,ddim:50,dpmpp_2m:20",
+        help="sampler:steps list for the FID part (with --ckpt); empty to skip",
+    )
+    p.add_argument(
+        "--speed-samplers",
+        default="ancestral:1000,ddim:50,dpmpp_2m:20",
+        help="sampler:steps list for the samples-per-second part",
+    )
+    p.add_argument("--skip-speed", action="store_true", help="skip parts 1 and 2")
+    p.add_argument("--output-dir", default=None, help="where benchmark_ddpm.json goes (default: a temp dir)")
+
+
+def diffusers_twin(net: torch.nn.Module):
+    """diffusers' UNet2DModel with the suite UNet's layout: same channels per level, res blocks per level,
+    attention levels (and in the middle block), GroupNorm groups, time-embedding width (4 x base)."""
+    try:
+        from diffusers import UNet2DModel
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            "the DDPM benchmark compares against diffusers: pip install -c constraints.txt -e '.[bench]'"
+        ) from err
+    levels = len(net.channel_mults)
+    res = [net.image_size // 2**k for k in range(levels)]
+    down = tuple("AttnDownBlock2D" if r in net.attention_resolutions else "DownBlock2D" for r in res)
+    up = tuple("AttnUpBlock2D" if r in net.attention_resolutions else "UpBlock2D" for r in reversed(res))
+    return UNet2DModel(
+        sample_size=net.image_size,
+        in_channels=net.in_channels,
+        out_channels=net.in_channels,
+        block_out_channels=tuple(net.base_channels * m for m in net.channel_mults),
+        layers_per_block=net.num_res_blocks,
+        down_block_types=down,
+        up_block_types=up,
+        attention_head_dim=net.base_channels * net.channel_mults[-1] // net.attention_heads,
+        norm_num_groups=net.groups,
+        flip_sin_to_cos=False,
+        freq_shift=1,  # DDPM's embedding: exp(-log(10000) i / (half - 1)), [sin | cos], as the suite's
+        dropout=0.0,
+    )
+
+
+def _bf16_call(m: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return m(x, t).float()
+
+
+def n_params(m: torch.nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
+
+
+def time_training(models: dict[str, Any], batch: int, steps: int, rounds: int) -> dict[str, list[float]]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, 1, 28, 28, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    target = torch.randn(batch, 1, 28, 28, generator=g)
+    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-4) for k, (m, _) in models.items()}
+    times: dict[str, list[float]] = {k: [] for k in models}
+    for r in range(rounds):
+        for name, (model, call) in models.items():
+            model.train()
+            for i in range(steps + 1):  # the first step of a round is a warm-up, not timed
+                start = time.perf_counter()
+                loss = torch.nn.functional.mse_loss(call(model, x, t), target)
+                opts[name].zero_grad(set_to_none=True)
+                loss.backward()
+                opts[name].step()
+                if i:
+                    times[name].append(time.perf_counter() - start)
+            print(
+                f"round {r + 1}/{rounds} {name}: median step {statistics.median(times[name][-steps:]) * 1000:.1f} ms",
+                flush=True,
+            )
+    return times
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.output_dir or tempfile.mkdtemp(prefix="bench_ddpm_"))
+    results: dict[str, Any] = {"threads": torch.get_num_threads(), "batch": args.batch}
+    cfg = compose("train", ["experiment=ddpm_mnist"], output_dir=out / "cfg")
+    model = None
+    if args.ckpt:
+        from experiments.sample import load_diffusion_model
+
+        model, _ = load_diffusion_model(args.ckpt)
+    if not args.skip_speed:
+        torch.manual_seed(0)
+        ours = hydra.utils.instantiate(cfg.model.net)
+        theirs = diffusers_twin(ours)
+        torch.manual_seed(0)
+        ours_bf16 = hydra.utils.instantiate(cfg.model.net)  # a twin, so the fp32 model's optimizer is its own
+        p_ours, p_theirs = n_params(ours), n_params(theirs)
+        rel = abs(p_theirs - p_ours) / p_ours
+        print(f"parameters: suite UNet {p_ours:,}, diffusers UNet2DModel {p_theirs:,} ({rel:+.1%})")
+        if rel > 0.10:
+            raise RuntimeError(
+                f"the diffusers twin has {rel:.1%} more/fewer parameters than the suite UNet (> 10 %)"
+            )
+        times = time_training(
+            {
+                "suite UNet": (ours, lambda m, x, t: m(x, t)),
+                "diffusers UNet2DModel": (theirs, lambda m, x, t: m(x, t).sample),
+                "suite UNet, bf16 autocast": (ours_bf16, _bf16_call),
+            },
+            args.batch,
+            args.steps,
+            args.rounds,
+        )
+        med = {k: statistics.median(v) for k, v in times.items()}
+        ratio = med["suite UNet"] / med["diffusers UNet2DModel"]
+        bf16_speedup = med["suite UNet"] / med["suite UNet, bf16 autocast"]
+        results.update(
+            params={"suite": p_ours, "diffusers": p_theirs},
+            train_step_s=med,
+            train_ratio=ratio,
+            bf16_speedup=bf16_speedup,
+        )
+        print_table(
+            [(k, f"{v * 1000:.1f}", f"{n:,}") for (k, v), n in zip(med.items(), (p_ours, p_theirs, p_ours))],
+            ("model", f"ms / training step (batch {args.batch})", "parameters"),
+        )
+        print(
+            f"training-step time ratio suite/diffusers: {ratio:.3f} (target <= 1.0); fp32/bf16 autocast: {bf16_speedup:.2f}x"
+        )
+
+        net_model = model
+        if net_model is None:
+            from lit_modules.ddpm import DDPM
+
+            net_model = DDPM(ours, optimizer=None, fid_num_samples=0)
+        speed = {}
+        for item in args.speed_samplers.split(","):
+            sampler, steps = item.split(":")[0], int(item.split(":")[1])
+            seeds = list(range(args.sample_batch))
+            start = time.perf_counter()
+            net_model.generate(seeds, sampler=sampler, steps=steps, progress=True)
+            elapsed = time.perf_counter() - start
+            speed[f"{sampler}-{steps}"] = args.sample_batch / elapsed
+            print(
+                f"{sampler}-{steps}: {args.sample_batch} images in {elapsed:.1f} s = {speed[f'{sampler}-{steps}']:.3f} images/s",
+                flush=True,
+            )
+        results["samples_per_second"] = speed
+        print_table(
+            [(k, f"{v:.3f}") for k, v in speed.items()],
+            ("sampler", f"images / s (batch {args.sample_batch})"),
+        )
+
+    if model is not None and args.fid_samplers:
+        from lit_modules.fid import FIDProtocol
+
+        protocol = FIDProtocol(args.fid_samples)
+        protocol.check()
+        datamodule = hydra.utils.instantiate(cfg.data)
+        datamodule.setup("test")
+        metric = protocol.metric()
+        n_real = 0
+        for x, _ in datamodule.test_dataloader():
+            metric.update(x, real=True)
+            n_real += len(x)
+        protocol.check_real(n_real)
+        fids = {}
+        for item in args.fid_samplers.split(","):
+            sampler, steps = item.split(":")
+            metric.reset()  # keeps the real statistics (reset_real_features=False)
+            start = time.perf_counter()
+            for b in range(0, args.fid_samples, 250):
+                seeds = list(range(1_000_000 + b, 1_000_000 + min(b + 250, args.fid_samples)))
+                metric.update(
+                    model.generate(seeds, sampler=sampler, steps=int(steps), progress=True), real=False
+                )
+            fids[item] = {"fid": float(metric.compute()), "seconds": time.perf_counter() - start}
+            print(f"FID {item}: {fids[item]['fid']:.3f} ({fids[item]['seconds']:.0f} s)", flush=True)
+        results["fid"] = fids
+        results["fid_protocol"] = protocol.describe(args.fid_samples, n_real)
+        print_table(
+            [(k, f"{v['fid']:.2f}", f"{v['seconds']:.0f}") for k, v in fids.items()],
+            ("sampler:steps", "FID", "s"),
+        )
+        print(
+            f"FID protocol: {args.fid_samples} generated vs {n_real} real test images, MNIST-classifier features "
+            f"(sha256 {results['fid_protocol']['feature_network']['sha256'][:12]}...); embedded data, not comparable with papers"
+        )
+    write_results(out / "benchmark_ddpm.json", results)
+    print(f"results: {out / 'benchmark_ddpm.json'}")
+    return 0

@@ -1,0 +1,224 @@
+"""The DDPM UNet (Ho et al. 2020, appendix B; the PixelCNN++-style backbone), sized by config.
+
+Glossary: x -> the noisy image x_t, (B, C, H, W); t -> the training timestep index in [0, T) (float or int,
+(B,)); y -> class labels (B,) in [0, num_classes), or `num_classes` itself for the learned null class used by
+classifier-free guidance (Ho & Salimans 2022). The network returns a tensor of x's shape: whatever the
+training target is (epsilon, x0 or v); it knows nothing of schedules.
+
+Layout, per resolution level k (channels = base_channels * channel_mults[k]):
+  down: num_res_blocks x [ResBlock (+ self-attention if the level's resolution is in attention_resolutions)],
+        then a stride-2 conv (not after the last level)
+  middle: ResBlock, self-attention, ResBlock
+  up:   (num_res_blocks + 1) x [concat skip, ResBlock (+ attention)], then nearest x2 + conv (not after level 0)
+The time embedding (sinusoidal, then a 2-layer MLP) and the class embedding are added and fed to every
+ResBlock as a per-channel shift. Output convs of residual branches start at zero (as in the DDPM code), so
+a fresh network is close to the identity on its skip paths.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Transformer position encoding of the timestep (Vaswani et al. 2017, sec. 3.5), as DDPM's
+    `get_timestep_embedding`: frequencies exp(-log(max_period) * i / (half - 1)), [sin | cos]. (B,) -> (B, dim)."""
+    if dim % 2 or dim < 4:
+        raise ValueError(f"time embedding dim must be even and >= 4, got {dim}")
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / (half - 1)
+    )
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> SiLU -> conv3x3 -> + emb shift -> GroupNorm -> SiLU -> dropout -> conv3x3 (zero init), + skip."""
+
+    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, dropout: float, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(emb_dim, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.emb(F.silu(emb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the H*W positions (DDPM uses it at 16x16), residual, output zero-init."""
+
+    def __init__(self, ch: int, heads: int, groups: int):
+        super().__init__()
+        if ch % heads:
+            raise ValueError(f"attention: {ch} channels do not split into {heads} heads")
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = zero_init(nn.Conv2d(ch, ch, 1))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        # (B, heads, HW, head_dim) for scaled_dot_product_attention
+        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class Downsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class UNet(nn.Module):
+    """eps/x0/v network for (B, C, H, W) images; optional class conditioning with a learned null class.
+
+    `image_size` must be divisible by 2^(len(channel_mults) - 1): 28 works with 3 levels (28, 14, 7), 32 with
+    up to 4 (32, 16, 8, 4). `attention_resolutions` lists feature-map sizes (e.g. [7] or [14]).
+    """
+
+    def __init__(
+        self,
+        image_size: int = 28,
+        in_channels: int = 1,
+        out_channels: int | None = None,
+        base_channels: int = 32,
+        channel_mults: Sequence[int] = (1, 2, 2),
+        num_res_blocks: int = 2,
+        attention_resolutions: Sequence[int] = (7,),
+        attention_heads: int = 4,
+        dropout: float = 0.1,
+        num_classes: int | None = None,
+        groups: int = 8,
+    ):
+        super().__init__()
+        levels = len(channel_mults)
+        if image_size % 2 ** (levels - 1):
+            raise ValueError(
+                f"UNet: image_size={image_size} is not divisible by 2^{levels - 1} (channel_mults={list(channel_mults)} "
+                f"has {levels} levels); use fewer levels (28 -> 3 levels: 28, 14, 7) or pad the images"
+            )
+        resolutions = [image_size // 2**k for k in range(levels)]
+        unknown = sorted(set(attention_resolutions) - set(resolutions))
+        if unknown:
+            raise ValueError(
+                f"UNet: attention_resolutions {unknown} are not feature-map sizes of this network ({resolutions})"
+            )
+        for m in channel_mults:
+            if (base_channels * m) % groups:
+                raise ValueError(
+                    f"UNet: {base_channels * m} channels are not divisible into {groups} GroupNorm groups"
+                )
+        self.image_size = image_size
+        self.in_channels = in_channels
+        self.num_classes = num_classes
+        self.base_channels = base_channels
+        self.channel_mults = tuple(channel_mults)
+        self.num_res_blocks = num_res_blocks
+        self.attention_resolutions = tuple(attention_resolutions)
+        self.attention_heads = attention_heads
+        self.groups = groups
+        emb_dim = 4 * base_channels
+        self.time_mlp = nn.Sequential(
+            nn.Linear(base_channels, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
+        # label `num_classes` is the null class ("no condition"): classifier-free guidance trains it by dropping labels
+        self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
+
+        self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
+        self.down = nn.ModuleList()
+        skips = [base_channels]
+        ch = base_channels
+        for k, mult in enumerate(channel_mults):
+            out = base_channels * mult
+            for _ in range(num_res_blocks):
+                self.down.append(ResBlock(ch, out, emb_dim, dropout, groups))
+                ch = out
+                if resolutions[k] in attention_resolutions:
+                    self.down.append(SelfAttention(ch, attention_heads, groups))
+                skips.append(ch)
+            if k < levels - 1:
+                self.down.append(Downsample(ch))
+                skips.append(ch)
+        self.mid = nn.ModuleList(
+            [
+                ResBlock(ch, ch, emb_dim, dropout, groups),
+                SelfAttention(ch, attention_heads, groups),
+                ResBlock(ch, ch, emb_dim, dropout, groups),
+            ]
+        )
+        self.up = nn.ModuleList()
+        for k in reversed(range(levels)):
+            out = base_channels * channel_mults[k]
+            for _ in range(num_res_blocks + 1):
+                self.up.append(ResBlock(ch + skips.pop(), out, emb_dim, dropout, groups))
+                ch = out
+                if resolutions[k] in attention_resolutions:
+                    self.up.append(SelfAttention(ch, attention_heads, groups))
+            if k > 0:
+                self.up.append(Upsample(ch))
+        self.norm_out = nn.GroupNorm(groups, ch)
+        self.conv_out = zero_init(nn.Conv2d(ch, out_channels or in_channels, 3, padding=1))
+
+    @property
+    def conditional(self) -> bool:
+        return self.class_emb is not None
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        emb = self.time_mlp(sinusoidal_embedding(t, self.base_channels))
+        if self.class_emb is not None:
+            if y is None:  # unconditional evaluation of a conditional model: the null class
+                y = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
+            emb = emb + self.class_emb(y)
+        elif y is not None:
+            raise ValueError("UNet: class labels given to an unconditional network (num_classes is None)")
+        h = self.conv_in(x)
+        hs = [h]
+        for layer in self.down:
+            h = layer(h, emb)
+            if not isinstance(layer, SelfAttention):
+                hs.append(h)
+            else:
+                hs[-1] = h  # the skip is taken after the block's attention
+        for layer in self.mid:
+            h = layer(h, emb)
+        for layer in self.up:
+            if isinstance(layer, ResBlock):
+                h = layer(torch.cat([h, hs.pop()], dim=1), emb)
+            else:
+                h = layer(h, emb)
+        return self.conv_out(F.silu(self.norm_out(h)))

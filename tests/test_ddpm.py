@@ -1,0 +1,304 @@
+"""The DDPM experiments end to end (short runs), EMA weights in checkpoints and tests, the sample entry point on
+the resulting checkpoints, its bad-input errors, and the UNet's shapes and conditioning."""
+
+import json
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from experiments.checkpoints import CheckpointMismatchError
+from experiments.config import compose
+from experiments.sample import sample
+from experiments.train import train
+from lit_modules.fid import FIDProtocolError
+from lit_modules.nets.unet import UNet
+
+# a real run, shrunk: 2 training batches, one validation and one test batch, 2 sampling steps, a tiny FID
+SHORT = [
+    "trainer.max_epochs=1",
+    "+trainer.limit_train_batches=2",
+    "+trainer.limit_val_batches=1",
+    "+trainer.limit_test_batches=1",
+    "model.steps=2",
+    "model.num_image_samples=10",
+    "model.image_every_n_epochs=1",
+    "model.fid_num_samples=12",
+    "model.fid_allow_below_minimum=true",
+    "logger=none",
+]
+
+
+class WeightProbe(pl.Callback):
+    """Records the sum of the model's weights when testing starts (which weights the test scores)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def on_test_start(self, trainer, pl_module):
+        total = sum(p.double().sum().item() for p in pl_module.parameters())
+        with open(self.path, "w") as f:
+            json.dump({"sum": total}, f)
+
+
+def _weight_sum(state: dict) -> float:
+    return sum(v.double().sum().item() for v in state.values())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One short training run of each experiment (checkpoints, images, metrics)."""
+    out = {}
+    for name in ("ddpm_mnist", "ddpm_mnist_cfg"):
+        run_dir = tmp_path_factory.mktemp(name)
+        probe = run_dir / "probe.json"
+        cfg = compose(
+            "train",
+            [
+                f"experiment={name}",
+                *SHORT,
+                "+callbacks.probe._target_=tests.test_ddpm.WeightProbe",
+                f"+callbacks.probe.path={probe}",
+            ],
+            output_dir=run_dir,
+        )
+        out[name] = {"dir": run_dir, "metrics": train(cfg), "probe": probe}
+    return out
+
+
+@pytest.mark.parametrize("name", ["ddpm_mnist", "ddpm_mnist_cfg"])
+def test_short_run_writes_checkpoints_images_and_an_honest_fid(runs, name):
+    run = runs[name]
+    d = run["dir"]
+    assert {"val/loss", "test/loss", "test/fid"} <= set(run["metrics"])
+    assert torch.isfinite(torch.tensor(run["metrics"]["test/fid"]))
+    body = json.loads((d / "metrics.json").read_text())
+    fid = body["protocol"]["test/fid"]
+    assert fid["num_generated"] == 12 and fid["num_real"] == 100 and fid["comparable"] is False
+    assert "NOT COMPARABLE" in fid["note"] and len(fid["feature_network"]["sha256"]) == 64
+    assert body["protocol"]["sampler"] == "ddim" and body["protocol"]["steps"] == 2
+    assert body["data"]["comparable_with_papers"] is False
+    grid = Image.open(d / "images" / "test" / "samples.png")
+    assert grid.size[0] > 28 and len(list((d / "images" / "val" / "samples").glob("step_*.png"))) == 1
+
+
+@pytest.mark.parametrize("name", ["ddpm_mnist", "ddpm_mnist_cfg"])
+def test_checkpoint_holds_ema_weights_and_the_test_scores_them(runs, name):
+    """Lightning's EMA callback writes the averaged weights as state_dict and the raw ones beside them; the
+    fit-then-test in experiments.train must score the averaged ones (experiments/ema.py, fix 1)."""
+    ckpt = torch.load(runs[name]["dir"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert "current_model_state" in ckpt and ckpt["suite"]["model_class"] == "lit_modules.ddpm.DDPM"
+    ema, raw = _weight_sum(ckpt["state_dict"]), _weight_sum(ckpt["current_model_state"])
+    assert ema != pytest.approx(raw, abs=1e-6)
+    tested = json.loads(runs[name]["probe"].read_text())["sum"]
+    assert tested == pytest.approx(ema, abs=1e-6) and tested != pytest.approx(raw, abs=1e-6)
+
+
+def test_sample_entry_point_on_the_checkpoints(runs, tmp_path):
+    ckpt = runs["ddpm_mnist"]["dir"] / "checkpoints" / "last.ckpt"
+    cfg = compose(
+        "sample",
+        [f"ckpt_path={ckpt}", "sampler=dpmpp_2m", "steps=3", "num_samples=6", "seed=5", "batch_size=4"],
+        output_dir=tmp_path / "s1",
+    )
+    sample(cfg)
+    files = sorted(p.name for p in (tmp_path / "s1" / "samples" / "images").glob("*.png"))
+    assert files == [f"seed_{s:07d}.png" for s in range(5, 11)]
+    assert (tmp_path / "s1" / "samples" / "grid.png").is_file()
+    body = json.loads((tmp_path / "s1" / "metrics.json").read_text())
+    assert body["protocol"]["sampler"] == "dpmpp_2m" and body["protocol"]["seeds"] == "5..10"
+    # image seed 7 is the same whether it came in a batch of 4 (above) or alone
+    alone = compose(
+        "sample",
+        [f"ckpt_path={ckpt}", "sampler=dpmpp_2m", "steps=3", "num_samples=1", "seed=7"],
+        output_dir=tmp_path / "s2",
+    )
+    sample(alone)
+    a = torch.from_numpy(
+        np.array(Image.open(tmp_path / "s1" / "samples" / "images" / "seed_0000007.png"))
+    ).int()
+    b = torch.from_numpy(
+        np.array(Image.open(tmp_path / "s2" / "samples" / "images" / "seed_0000007.png"))
+    ).int()
+    assert (a - b).abs().max() <= 1  # uint8 rounding of a float difference of ~1e-6 at most
+
+    cond = runs["ddpm_mnist_cfg"]["dir"] / "checkpoints" / "last.ckpt"
+    cfg = compose(
+        "sample",
+        [
+            f"ckpt_path={cond}",
+            "sampler=ddim",
+            "steps=2",
+            "num_samples=3",
+            "guidance_scale=2.5",
+            "class_label=7",
+        ],
+        output_dir=tmp_path / "s3",
+    )
+    sample(cfg)
+    assert sorted(p.name for p in (tmp_path / "s3" / "samples" / "images").glob("*.png")) == [
+        f"seed_{s:07d}_class7.png" for s in range(3)
+    ]
+    assert json.loads((tmp_path / "s3" / "metrics.json").read_text())["protocol"]["guidance_scale"] == 2.5
+
+
+BAD = [
+    (
+        "ddpm_mnist",
+        ["sampler=euler"],
+        ValueError,
+        "unknown sampler 'euler'; valid samplers: ancestral, ancestral_large, ddim, dpmpp_2m",
+    ),
+    (
+        "ddpm_mnist",
+        ["steps=1001"],
+        ValueError,
+        r"steps=1001: must be an integer between 1 and the model's training T=1000",
+    ),
+    ("ddpm_mnist", ["steps=0"], ValueError, r"steps=0: must be an integer between 1"),
+    ("ddpm_mnist", ["guidance_scale=2"], ValueError, "unconditional model .* guidance does not apply"),
+    (
+        "ddpm_mnist_cfg",
+        ["class_label=10"],
+        ValueError,
+        r"class_label=10 is out of range: valid labels are 0..9",
+    ),
+    (
+        "ddpm_mnist",
+        ["fid.enabled=true", "num_samples=100"],
+        FIDProtocolError,
+        "below the protocol's minimum of 500",
+    ),
+]
+
+
+@pytest.mark.parametrize("name,overrides,error,message", BAD)
+def test_bad_requests_fail_before_any_work(runs, tmp_path, name, overrides, error, message):
+    ckpt = runs[name]["dir"] / "checkpoints" / "last.ckpt"
+    cfg = compose("sample", [f"ckpt_path={ckpt}", *overrides], output_dir=tmp_path / "bad")
+    with pytest.raises(error, match=message):
+        sample(cfg)
+    assert not (tmp_path / "bad" / "samples").exists()
+    assert json.loads((tmp_path / "bad" / "run_info.json").read_text())["status"] == "failed"
+
+
+def test_a_checkpoint_that_is_not_a_diffusion_model_is_refused(tmp_path):
+    other = tmp_path / "vae.ckpt"
+    torch.save(
+        {"state_dict": {}, "suite": {"model_class": "lit_modules.vae.VAE", "experiment": "vae_mnist"}}, other
+    )
+    cfg = compose("sample", [f"ckpt_path={other}"], output_dir=tmp_path / "s")
+    with pytest.raises(
+        CheckpointMismatchError,
+        match="not a diffusion model checkpoint: it was written by lit_modules.vae.VAE",
+    ):
+        sample(cfg)
+
+
+def test_fid_below_the_minimum_is_refused_at_configuration(tmp_path):
+    cfg = compose("train", ["experiment=ddpm_mnist", "model.fid_num_samples=100"], output_dir=tmp_path)
+    import hydra
+
+    with pytest.raises(Exception, match="below the protocol's minimum of 500") as err:
+        hydra.utils.instantiate(cfg.model)
+    assert isinstance(err.value.__cause__ or err.value, FIDProtocolError) or "FIDProtocolError" in repr(
+        err.value
+    )
+
+
+@pytest.mark.parametrize("size,mults", [(28, (1, 2, 2)), (32, (1, 2, 2, 2))])
+def test_unet_shapes(size, mults):
+    net = UNet(
+        image_size=size,
+        base_channels=8,
+        channel_mults=mults,
+        num_res_blocks=1,
+        attention_resolutions=(size // 2,),
+        attention_heads=2,
+        groups=4,
+    )
+    x = torch.randn(2, 1, size, size)
+    assert net(x, torch.tensor([0, 999])).shape == x.shape
+
+
+def test_unet_rejects_bad_layouts_and_handles_the_null_class():
+    with pytest.raises(ValueError, match="image_size=28 is not divisible by 2\\^3"):
+        UNet(image_size=28, channel_mults=(1, 2, 2, 2))
+    with pytest.raises(ValueError, match=r"attention_resolutions \[16\] are not feature-map sizes"):
+        UNet(image_size=28, attention_resolutions=(16,))
+    torch.manual_seed(0)
+    net = UNet(
+        image_size=28,
+        base_channels=8,
+        channel_mults=(1, 2),
+        attention_resolutions=(),
+        groups=4,
+        num_classes=10,
+    )
+    for p in net.parameters():  # make the zero-initialised output layers non-trivial
+        torch.nn.init.normal_(p, std=0.05)
+    net.eval()  # no dropout
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([10, 500])
+    null = net(x, t, torch.tensor([10, 10]))
+    assert torch.equal(net(x, t), null) and not torch.allclose(net(x, t, torch.tensor([3, 3])), null)
+    with pytest.raises(ValueError, match="class labels given to an unconditional network"):
+        UNet(image_size=28, base_channels=8, channel_mults=(1, 2), attention_resolutions=(), groups=4)(
+            x, t, torch.tensor([1, 2])
+        )
+
+
+@pytest.mark.slow
+def test_stock_ema_callback_would_test_the_raw_weights(tmp_path):
+    """The control for the EMA test above: with Lightning's own EMAWeightAveraging (2.6.6), fit-then-test in one
+    Trainer reloads `current_model_state` over the averaged weights, so the test scores the raw weights."""
+    probe = tmp_path / "probe.json"
+    cfg = compose(
+        "train",
+        [
+            "experiment=ddpm_mnist",
+            *SHORT,
+            "model.fid_num_samples=0",
+            "~callbacks.ema",
+            "+callbacks.ema._target_=pytorch_lightning.callbacks.EMAWeightAveraging",
+            "+callbacks.ema.decay=0.9",
+            "+callbacks.probe._target_=tests.test_ddpm.WeightProbe",
+            f"+callbacks.probe.path={probe}",
+        ],
+        output_dir=tmp_path / "run",
+    )
+    train(cfg)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    tested = json.loads(probe.read_text())["sum"]
+    assert tested == pytest.approx(_weight_sum(ckpt["current_model_state"]), abs=1e-6)
+    assert tested != pytest.approx(_weight_sum(ckpt["state_dict"]), abs=1e-6)
+
+
+@pytest.mark.parametrize("prediction_type", ["eps", "x0", "v"])
+def test_every_training_target_trains_and_samples(prediction_type):
+    from lit_modules.ddpm import DDPM
+
+    torch.manual_seed(0)
+    net = UNet(image_size=28, base_channels=8, channel_mults=(1, 2), attention_resolutions=(), groups=4)
+    model = DDPM(net, optimizer=torch.optim.Adam, prediction_type=prediction_type, fid_num_samples=0)
+    x = torch.rand(4, 1, 28, 28)
+    loss = model.diffusion_loss(x, torch.zeros(4, dtype=torch.long))
+    assert loss.shape == (4,) and torch.isfinite(loss).all()
+    loss.mean().backward()
+    assert all(p.grad is not None for p in net.parameters())
+    images = model.generate([0, 1], sampler="ancestral", steps=3)
+    assert images.shape == (2, 1, 28, 28) and 0 <= images.min() and images.max() <= 1
+
+
+def test_inception_feature_path_fails_clearly_without_torch_fidelity():
+    from lit_modules.fid import FIDProtocol
+
+    try:
+        import torch_fidelity  # noqa: F401
+
+        pytest.skip("torch-fidelity is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ModuleNotFoundError, match="fid.feature=inception needs torch-fidelity"):
+        FIDProtocol(500, feature="inception").metric()
