@@ -12,6 +12,7 @@ SUITES = {
     "vae": "experiments.benchmarks.vae",
     "ddp": "experiments.benchmarks.ddp",
     "lowlight_data": "experiments.benchmarks.lowlight",
+    "nerco": "experiments.benchmarks.nerco",
 }
 
 
