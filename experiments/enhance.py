@@ -5,7 +5,7 @@ subfolders are not searched) with a restoration model, and writes `<output_dir>/
 the input's size. Weights: `ckpt_path=` a checkpoint written by `experiments.train` (the model is rebuilt from
 the config stored in it), or `model.official_ckpt_dir=` a folder with the released NeRCo files.
 
-Inputs are only ever read. Before anything is written (exit status 2 and a message, nothing created):
+Inputs are only ever read. Refused before anything is written to `output_dir` (exit status 2, a message):
 a missing or empty `input_dir`, an `output_dir` equal to or inside `input_dir`, outputs that already exist
 (`overwrite=true` replaces them), missing or mismatched weights, and images whose estimated working memory
 exceeds `memory_limit_mb` while `tiling.enabled=false`. Files that cannot be read (not an image, truncated) or
@@ -46,7 +46,7 @@ from experiments.common import Run, log
 from experiments.config import config_path
 from experiments.run_dir import write_json_atomic
 from lit_modules.imageops import from_unit_range, to_unit_range
-from lit_modules.nerco import MIN_SIDE, OfficialCheckpointError
+from lit_modules.nerco import INFERENCE_RESIZE, MIN_SIDE, OfficialCheckpointError
 from lit_modules.tiling import run_tiled, tile_starts
 
 MIN_TILE = 64  # smallest tile the automatic tile size goes down to
@@ -149,6 +149,13 @@ def plan_images(inp: Path, out: Path, overwrite: bool, min_side: int) -> Plan:
         (plan.skipped if item.skipped else plan.items).append(item)
     for item in plan.skipped:
         log.warning("Skipping %s", item.skipped)
+    converted = [f"{i.name} ({i.mode})" for i in plan.items if i.mode != "RGB"]
+    if converted:
+        log.warning(
+            "%d image(s) are not RGB and are converted (grey replicated, alpha dropped): %s",
+            len(converted),
+            ", ".join(converted[:8]) + (" ..." if len(converted) > 8 else ""),
+        )
     if not plan.items:
         raise EnhanceError(
             f"none of the {len(images)} image file(s) in input_dir={inp} can be enhanced:\n  "
@@ -224,8 +231,6 @@ def apply_inference_options(model: Any, cfg: DictConfig) -> None:
         if hparams is None or key not in hparams:
             raise EnhanceError(f"{key}={value}: {type(model).__name__} has no such setting")
         if key == "inference_resize":
-            from lit_modules.nerco import INFERENCE_RESIZE
-
             if value not in INFERENCE_RESIZE:
                 raise EnhanceError(f"inference_resize={value!r} is not one of {sorted(INFERENCE_RESIZE)}")
         elif int(value) < 1:

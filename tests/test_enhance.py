@@ -113,7 +113,7 @@ def test_enhance_writes_one_output_per_input_at_the_same_size(compose_cfg, tmp_p
     ckpt = torch.load(small_ckpt, weights_only=True)
     model = NeRCo(ngf=8, ndf=8, n_blocks=1, components={"text_discriminator": False})
     model.load_state_dict(ckpt["state_dict"])
-    x = torch.from_numpy(np.asarray(Image.open(inp / "b.png"))).permute(2, 0, 1)[None].float() / 127.5 - 1
+    x = torch.from_numpy(np.array(Image.open(inp / "b.png"))).permute(2, 0, 1)[None].float() / 127.5 - 1
     want = ((model.eval().enhance(x) + 1) / 2).clamp(0, 1)[0].permute(1, 2, 0).numpy() * 255
     assert np.array_equal(np.asarray(Image.open(out / "b.png")), want.astype(np.uint8))
 

@@ -184,7 +184,7 @@ def test_benchmark_suite_is_registered():
 def test_benchmark_runs_with_tiny_sizes(tmp_path, capsys):
     from experiments.benchmark import main
 
-    code = main(["nerco", "--size", "16", "--text-arch", "tiny", "--sizes", "24x16", "--chunks", "0", "64",
+    code = main(["nerco", "--size", "32", "--text-arch", "tiny", "--sizes", "24x16", "--chunks", "0", "64",
                  "--output-dir", str(tmp_path)])  # fmt: skip
     assert code == 0
     res = json.loads((tmp_path / "benchmark_nerco.json").read_text())["results"]

@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
                 (
                     r["what"],
                     f"{sorted(its)[len(its) // 2]:.1f} s (first {r['first_iteration_s']:.1f} s)",
-                    f"{r['peak_rss_mb'] / 1024:.2f} GB",
+                    f"{r['peak_rss_mb'] / 1024:.2f} GiB",
                     "",
                     "",
                 )
@@ -184,9 +184,9 @@ def run(args: argparse.Namespace) -> int:
                 (
                     r["what"],
                     f"{min(r['seconds']):.1f} s",
-                    f"{r['peak_rss_mb'] / 1024:.2f} GB",
-                    f"{r['working_memory_mb'] / 1024:.2f} GB",
-                    f"{r['estimate_mb'] / 1024:.2f} GB",
+                    f"{r['peak_rss_mb'] / 1024:.2f} GiB",
+                    f"{r['working_memory_mb'] / 1024:.2f} GiB",
+                    f"{r['estimate_mb'] / 1024:.2f} GiB",
                 )
             )
     print(
