@@ -14,6 +14,7 @@ SUITES = {
     "ddpm": "experiments.benchmarks.ddpm",
     "lowlight_data": "experiments.benchmarks.lowlight",
     "cls": "experiments.benchmarks.cls",
+    "nerco": "experiments.benchmarks.nerco",
 }
 
 

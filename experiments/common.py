@@ -180,6 +180,12 @@ class Run:
         self._write_info()
         return trainer
 
+    def complete(self, **extra: Any) -> None:
+        """Marks the run completed for entry points without a trainer or metrics.json (`enhance`); `extra`
+        (what was written, what was skipped) goes into run_info.json."""
+        self.info.update(status="completed", finished=rd.now(), **extra)
+        self._write_info()
+
     def fail(self, err: BaseException) -> None:
         self.info.update(status="failed", finished=rd.now(), error=f"{type(err).__name__}: {err}")
         self._write_info()

@@ -78,10 +78,12 @@ class RunRecord:
 
     @property
     def switch_keys(self) -> set[str]:
+        """The override's key and each of its parts: `model.components.nrn=false` and the config-group
+        choice `model/components=no_nrn` both name the protocol entry `components` as a varied field."""
         keys = set()
         for o in self.switches:
             key = o.split("=", 1)[0].lstrip("+~")
-            keys |= {key, key.split(".")[-1], key.split(".")[0]}
+            keys |= {key, *key.replace("/", ".").split(".")}
         return keys
 
     @property

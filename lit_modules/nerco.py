@@ -23,6 +23,11 @@ Generator loss (released `backward_G`; weights from config, released values in b
            + |H - (fake_B - A)| + |fake_A - (B - H(fake_A))|
   loss_G = loss_A + loss_B + l_mask loss_H [0.5] + loss_PreConsis
 where e(x) is the edge map under variant=paper and x itself (RGB) under variant=official (released quirk).
+
+Data (phase 2): training batches come from the low-light DataModule in `data.mode=unpaired` (`low` = trainA,
+`high` = a normal-light image drawn independently: NeRCo's trainB), or as `{"A", "B"}`; images in [-1, 1].
+Validation and test take the paired split at full resolution; test scoring, per-image rows and side-by-side
+PNGs come from `RestorationModule` with the suite's PSNR/SSIM protocol (`lit_modules.metrics.restoration`).
 """
 
 from __future__ import annotations
@@ -41,9 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from lit_modules.base import SuiteModule
+from lit_modules.imageops import resize_to_multiple, run_padded
+from lit_modules.metrics.restoration import score
 from lit_modules.nerco_losses import (
     HIGH,
     LOW,
@@ -62,6 +67,7 @@ from lit_modules.nerco_losses import (
 from lit_modules.nets.clip_backend import TextImageBackend, build_text_backend
 from lit_modules.nets.cyclegan import PatchDiscriminator, ResnetGenerator
 from lit_modules.nets.nerco import NRN, EdgeOperator, MaskExtractor
+from lit_modules.restoration import RestorationModule
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +108,26 @@ WEIGHTS = {
     "lambda_pre_gan": 1.0,
 }
 OFFICIAL_FILES = {"G_A": "latest_net_G_A.pth", "Pre": "latest_net_Pre.pth", "H": "latest_net_H.pth"}
+# How test/inference handle sizes that are not multiples of 4 (the generators' two stride-2 stages):
+INFERENCE_RESIZE = {
+    "round_to_4": "resize (bicubic) to the nearest multiples of 4, as the released test code does "
+    "(CycleGAN's __make_power_2), and the output back to the input size",
+    "pad": "reflection-pad the bottom/right to multiples of 4 and crop the output back (no resampling)",
+}
+VALUE_RANGE = (-1.0, 1.0)  # NeRCo's images: Normalize(0.5, 0.5) of [0, 1], tanh outputs
 
 
 class OfficialCheckpointError(ValueError):
     """A released-checkpoint directory that does not hold the three state_dicts the architecture needs."""
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers -> plain dicts/lists (resolved); anything else unchanged."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
 def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
@@ -116,17 +138,60 @@ def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any] | None, what: s
     return {k: (defaults[k] if given.get(k) is None else given[k]) for k in defaults}
 
 
+MIN_SIDE = 8  # smallest image side: after the two stride-2 stages the residual blocks reflection-pad by 1
+
+
+def inference_memory_estimate_mb(
+    height: int,
+    width: int,
+    chunk_pixels: int | None = 16384,
+    coordinates: str | None = "constant",
+    ngf: int = 64,
+    inference_resize: str = "round_to_4",
+) -> float:
+    """Estimated working memory (MB) of NeRCo's inference (`NeRCo.enhance`, no autograd) on one image, beyond the
+    loaded weights: activations of the NRN trunk, the mask extractor and G_H, ~0.9 KB per pixel at ngf 64,
+    plus the NRN's MLP on one band of rows, ~7 KB per pixel of the band (twice that for `liif` coordinates),
+    times a 1.25 margin, plus 64 MB. `coordinates=None`: no NRN. Fitted to peak resident-set measurements on
+    CPU at 600x400 and 960x720; `python -m experiments.benchmark nerco` prints it beside each measured peak."""
+    if inference_resize == "round_to_4":
+        th, tw = released_size(height, width)
+    else:
+        th, tw = height + (-height) % 4, width + (-width) % 4
+    th, tw = max(th, 4), max(tw, 4)
+    mb = th * tw * 0.9e-3 * (ngf / 64)
+    if coordinates is not None:
+        rows = th if not chunk_pixels else max(1, min(th, chunk_pixels // tw))
+        mb += rows * tw * 7.0e-3 * (2.0 if coordinates == "liif" else 1.0)
+    return 1.25 * mb + 64.0
+
+
+def training_pair(batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """(A, B) of a training batch: `{"A", "B"}`, or the low-light DataModule's `{"low", "high"}` (unpaired mode:
+    `low` = trainA, `high` = an independently drawn normal-light image, trainB)."""
+    if "A" in batch and "B" in batch:
+        return batch["A"], batch["B"]
+    if "low" in batch and "high" in batch:
+        return batch["low"], batch["high"]
+    raise KeyError(
+        f"NeRCo training batches need keys A and B (or low and high from data.mode=unpaired); got {sorted(batch)}"
+    )
+
+
 def released_size(height: int, width: int, base: int = 4) -> tuple[int, int]:
     """The released test-time rule `__make_power_2`: round each side to the nearest multiple of `base`
     (Python's round: halves to even)."""
     return int(round(height / base) * base), int(round(width / base) * base)
 
 
-class NeRCo(SuiteModule):
+class NeRCo(RestorationModule):
     """NeRCo with two optimizers (Pre+G_A+G_B+H; the four discriminators), manual optimisation.
 
-    Batches: training `{"A": low (B,3,h,w), "B": normal (B,3,h,w)}` in [-1, 1], unpaired, same size;
-    validation/test `{"low": ..., "high": ...}` in [-1, 1], paired (any size: see `enhance`).
+    Batches, images in [-1, 1]:
+      training: `{"A": low (B,3,h,w), "B": normal (B,3,h,w)}`, unpaired, same size; or the low-light
+        DataModule's items `{"low", "high", ...}` with `data.mode=unpaired` (then `low` is trainA and `high` a
+        normal-light image drawn independently of it, NeRCo's trainB), which this module reads as A and B;
+      validation/test: the DataModule's paired items `{"low", "high", "low_name", ...}`, any size (`enhance`).
     """
 
     def __init__(
@@ -150,10 +215,21 @@ class NeRCo(SuiteModule):
         official_ckpt_dir: str | None = None,
         num_val_images: int = 4,
         save_pools_in_checkpoint: bool = False,
+        protocol: Mapping[str, Any] | None = None,
+        num_side_by_side: int = 4,
     ):
-        super().__init__()
+        # Hydra hands nested options over as DictConfig; plain containers keep the checkpoints' hyperparameters
+        # loadable with torch.load(weights_only=True) (Lightning's default when it tests a checkpoint)
+        faithful, components, weights, text_discriminator, protocol = (
+            _plain(v) for v in (faithful, components, weights, text_discriminator, protocol)
+        )
+        super().__init__(value_range=VALUE_RANGE, protocol=protocol, num_side_by_side=num_side_by_side)
         if variant not in VARIANTS:
             raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+        if inference_resize not in INFERENCE_RESIZE:
+            raise ValueError(
+                f"inference_resize must be one of {sorted(INFERENCE_RESIZE)}, got {inference_resize!r}"
+            )
         self.save_hyperparameters(ignore=["optimizer"])
         self.automatic_optimization = False
         self.faithful = _merge(VARIANTS[variant], faithful, "faithful")
@@ -184,9 +260,7 @@ class NeRCo(SuiteModule):
         pool_names = ["fake_A", "fake_B", "pre_A", "fake_A_edge", "fake_B_edge", "fake_A_text", "fake_B_text"]
         self.pools = {name: ImagePool(pool_size) for name in pool_names}
         self.val_metrics = nn.ModuleDict({k: MeanMetric() for k in ("psnr", "ssim", "loss")})
-        self.test_metrics = nn.ModuleDict({k: MeanMetric() for k in ("psnr", "ssim")})
         self._val_images: Tensor | None = None
-        self._test_images: Tensor | None = None
         self._warned_batch = False
         self.official_weights: dict[str, str] | None = None
         if official_ckpt_dir:
@@ -217,8 +291,28 @@ class NeRCo(SuiteModule):
         return self._text[0]
 
     def setup(self, stage: str) -> None:
+        self._check_datamodule(stage)
         if stage == "fit":  # start-up failure, before any step, when no backend can be had
             self.build_text_backend()
+
+    def _check_datamodule(self, stage: str) -> None:
+        """NeRCo's images are in [-1, 1]; its training data are unpaired (a wrong setting fails or warns here,
+        before any step, rather than training on the wrong range or on aligned pairs)."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None:
+            return
+        vr = getattr(dm, "value_range", None)
+        if vr is not None and tuple(float(v) for v in vr) != VALUE_RANGE:
+            raise ValueError(
+                f"NeRCo works on images in [-1, 1] but the DataModule yields {list(vr)}: set "
+                "data.value_range=[-1,1] (the nerco_* experiments do)"
+            )
+        if stage == "fit" and getattr(dm, "mode", None) == "paired":
+            warnings.warn(
+                "data.mode=paired: NeRCo's normal-light image B is then the low image's own partner; the paper and "
+                "the released code train unpaired (data.mode=unpaired, as in the nerco_* experiments).",
+                stacklevel=2,
+            )
 
     def on_fit_start(self) -> None:
         if self.text_backend is not None:
@@ -278,19 +372,36 @@ class NeRCo(SuiteModule):
 
     @torch.no_grad()
     def enhance(self, low: Tensor) -> Tensor:
-        """Enhances images of any size in [-1, 1] -> [-1, 1] at the input size. Sizes that are not multiples of
-        4 are resized to the released rule's size (bicubic, torch) and the output resized back, so metrics
-        compare with the ground truth pixel for pixel. The NRN's MLP runs in chunks of `nrn_chunk_pixels`."""
+        """Enhances images of any size in [-1, 1] -> [-1, 1] at the input size, so metrics compare with the
+        ground truth pixel for pixel. Sizes that are not multiples of 4 are handled by `inference_resize`:
+        `round_to_4` (released rule: bicubic resize to the nearest multiples of 4 and the output back) or `pad`
+        (reflection padding, output cropped; `lit_modules.imageops`). The NRN's MLP runs in chunks of
+        `nrn_chunk_pixels`. Sides must be at least `MIN_SIDE` pixels (the generators' reflection padding)."""
         h, w = low.shape[-2:]
-        th, tw = released_size(h, w)
-        if self.hparams.inference_resize != "round_to_4":
-            raise ValueError(f"inference_resize must be 'round_to_4', got {self.hparams.inference_resize!r}")
-        x = low if (th, tw) == (h, w) else F.interpolate(low, (th, tw), mode="bicubic", align_corners=False)
+        if min(h, w) < MIN_SIDE:
+            raise ValueError(
+                f"NeRCo needs images of at least {MIN_SIDE}x{MIN_SIDE} pixels, got {w}x{h} (w x h)"
+            )
         with self._nrn_chunking():
+            if self.hparams.inference_resize == "pad":
+                return run_padded(self, low, 4)
+            x = resize_to_multiple(low, 4)
             out = self(x)
-        if (th, tw) != (h, w):
+        if out.shape[-2:] != (h, w):
             out = F.interpolate(out, (h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
         return out
+
+    def inference_memory_mb(self, height: int, width: int) -> float:
+        """Estimated working memory (MB) of `enhance` on one (height, width) image: `inference_memory_estimate_mb`
+        with this model's settings."""
+        return inference_memory_estimate_mb(
+            height,
+            width,
+            chunk_pixels=self.hparams.nrn_chunk_pixels,
+            coordinates=self.netPre.coordinates if self.netPre is not None else None,
+            ngf=self.hparams.ngf,
+            inference_resize=self.hparams.inference_resize,
+        )
 
     @contextlib.contextmanager
     def _nrn_chunking(self) -> Iterator[None]:
@@ -431,7 +542,7 @@ class NeRCo(SuiteModule):
 
     # ------------------------------------------------------------------------------------------ steps
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        A, B = batch["A"], batch["B"]
+        A, B = training_pair(batch)
         if A.shape != B.shape:
             raise ValueError(
                 f"batch['A'] {tuple(A.shape)} and batch['B'] {tuple(B.shape)} must have one shape"
@@ -464,32 +575,24 @@ class NeRCo(SuiteModule):
         self.accumulate(train__loss_G=loss_g.detach(), train__loss_D=loss_d.detach(), **terms)
         self.log_step("train/loss_G_step", loss_g.detach())
 
-    def _paired_metrics(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        low, high = batch["low"], batch["high"]
-        out = self.enhance(low)
-        pred, target = ((out + 1) / 2).clamp(0, 1), ((high + 1) / 2).clamp(0, 1)
-        psnr = peak_signal_noise_ratio(pred, target, data_range=1.0, reduction="none", dim=(1, 2, 3))
-        ssim = structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
-        l1 = (pred - target).abs().mean(dim=(1, 2, 3))
-        return out, psnr, ssim, l1
-
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        out, psnr, ssim, l1 = self._paired_metrics(batch)
+        """PSNR/SSIM under the suite's protocol (`self.protocol`) and val/loss = L1 in [0, 1] (what a
+        monitoring ModelCheckpoint would use) on the paired validation split."""
+        out = self.enhance(batch["low"])
+        pred, target = self.unit(out), self.unit(batch["high"])
+        values = score(pred, target, self.protocol)
+        values["loss"] = (pred.clamp(0, 1) - target).abs().mean(dim=(1, 2, 3))
         if batch_idx == 0:
             self._val_images = self._triplets(batch["low"], out, batch["high"])
-        for name, value in (("psnr", psnr), ("ssim", ssim), ("loss", l1)):
-            self.val_metrics[name].update(value)
+        for name, value in values.items():
+            self.val_metrics[name].update(value.float())
             self.log(
                 f"val/{name}", self.val_metrics[name], on_step=False, on_epoch=True, prog_bar=name == "psnr"
             )
 
-    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        out, psnr, ssim, _ = self._paired_metrics(batch)
-        if batch_idx == 0:
-            self._test_images = self._triplets(batch["low"], out, batch["high"])
-        for name, value in (("psnr", psnr), ("ssim", ssim)):
-            self.test_metrics[name].update(value)
-            self.log(f"test/{name}", self.test_metrics[name], on_step=False, on_epoch=True)
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        """`test/psnr`, `test/ssim`, per-image rows and side-by-side PNGs (low | NeRCo | high), RestorationModule."""
+        self.score_outputs(batch, self.enhance(batch["low"]))
 
     def _triplets(self, low: Tensor, out: Tensor, high: Tensor) -> Tensor:
         n = min(self.hparams.num_val_images, low.shape[0])
@@ -502,28 +605,26 @@ class NeRCo(SuiteModule):
             )
         self._val_images = None
 
-    def on_test_epoch_end(self) -> None:
-        if self._test_images is not None:
-            self.log_image_grid(
-                "test/enhanced", self._test_images, nrow=3, value_range=(-1, 1), caption="low | NeRCo | high"
-            )
-        self._test_images = None
+    def method_descriptions(self) -> dict[str, str]:
+        return {"model": "NeRCo fake_B = G_H([A, NRN(A)] * mask(A)), (x + 1) / 2 scored"}
 
     def metric_protocol(self) -> dict[str, Any]:
-        return {
-            "psnr": "per image 10*log10(1/MSE) on RGB in [0, 1] ((x+1)/2 of the [-1, 1] tensors), whole image, "
-            "float, mean over images; no GT-mean correction (torchmetrics functional; phase 2 swaps in the "
-            "suite's shared low-light protocol)",
-            "ssim": "torchmetrics SSIM, Gaussian 11x11 window sigma 1.5, K1 0.01, K2 0.03, data_range 1, RGB, mean",
-            "inference": "full resolution, sizes not divisible by 4 resized to the released rule's size "
-            "(bicubic) and back; output fake_B = G_H([A, NRN(A)] * mask(A))",
-            "variant": self.hparams.variant,
-            "faithful": dict(self.faithful),
-            "components": dict(self.components),
-            "weights": f"released checkpoints from {self.hparams.official_ckpt_dir}"
-            if self.official_weights
-            else "trained in this suite",
-        }
+        """The suite's restoration protocol (images (x + 1) / 2 of the [-1, 1] tensors) plus how NeRCo was run."""
+        out = super().metric_protocol()
+        out.update(
+            {
+                "inference": "full resolution, batch as the DataModule gives it (eval_batch_size 1); sizes not "
+                f"divisible by 4: {INFERENCE_RESIZE[self.hparams.inference_resize]} "
+                f"(inference_resize={self.hparams.inference_resize})",
+                "variant": self.hparams.variant,
+                "faithful": dict(self.faithful),
+                "components": dict(self.components),
+                "weights": f"released checkpoints from {self.hparams.official_ckpt_dir}"
+                if self.official_weights
+                else "trained in this suite",
+            }
+        )
+        return out
 
     # ------------------------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -671,5 +772,9 @@ __all__ = [
     "released_enhance",
     "released_uint8",
     "released_size",
+    "training_pair",
+    "inference_memory_estimate_mb",
     "count_parameters",
+    "INFERENCE_RESIZE",
+    "MIN_SIDE",
 ]
