@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+from pathlib import Path
 from typing import Any
+from weakref import proxy
 
 import numpy as np
 import pytorch_lightning as pl
@@ -116,3 +120,111 @@ class PerRankSeed(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.seed is not None and trainer.world_size > 1:
             pl.seed_everything(self.seed + trainer.global_rank, workers=True, verbose=False)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
+    """Lightning's `ModelCheckpoint` with a `last.ckpt` that is always the latest state.
+
+    Two changes, both at the checkpointing points of the stock callback (the end of every `every_n_epochs`-th
+    epoch, after validation):
+
+    1. **`last.ckpt` is written even when no top-k checkpoint was.** In pytorch_lightning 2.6.6 the stock
+       callback writes `last.ckpt` only in a step where it also wrote a top-k file, so with `monitor=` set
+       `last.ckpt` stays at the last *improving* epoch (and `ckpt_path=last` silently resumes from there), and
+       with `save_top_k: 0` it is written only when training ends (a crashed run has nothing to resume from).
+       tests/test_checkpoints.py shows both against the stock callback.
+    2. **No second serialisation in an improving epoch.** When a top-k file was written at this global step,
+       `last.ckpt` becomes a hard link to it (made under a temporary name, then renamed over `last.ckpt`, so a
+       crash leaves the previous `last.ckpt` intact). The bytes are the ones `last.ckpt` would hold apart from
+       this callback's own bookkeeping entry. Checkpoint files are only ever replaced by rename, never
+       rewritten in place, so the link never sees a later write. Where hard links are not supported the file
+       is copied instead. `link_last=false` restores a full save.
+    """
+
+    def __init__(self, *args: Any, link_last: bool = True, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.link_last = link_last
+        self._last_written_step: int | None = None
+        self._link_source: str | None = None
+
+    # -- always keep last.ckpt current
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        due = self._epoch_checkpoint_due(trainer) and self._should_save_on_train_epoch_end(trainer)
+        super().on_train_epoch_end(trainer, pl_module)
+        if due:
+            self._ensure_last(trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        due = self._epoch_checkpoint_due(trainer) and not self._should_save_on_train_epoch_end(trainer)
+        super().on_validation_end(trainer, pl_module)
+        if due:
+            self._ensure_last(trainer)
+
+    def _epoch_checkpoint_due(self, trainer: pl.Trainer) -> bool:
+        return (
+            bool(self.save_last)
+            and not self._should_skip_saving_checkpoint(trainer)
+            and self._every_n_epochs >= 1
+            and (trainer.current_epoch + 1) % self._every_n_epochs == 0
+        )
+
+    def _ensure_last(self, trainer: pl.Trainer) -> None:
+        if self._last_written_step != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    # -- link instead of writing the same state twice
+    def _save_topk_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        if self.save_last and self.link_last and not self.last_model_path:
+            # A top-k file written now may become last.ckpt: it must already name last.ckpt as this callback's
+            # own, as a written last.ckpt does (else a resumed run finds last.ckpt "taken" and versions it).
+            self.last_model_path = self._last_checkpoint_path(trainer, monitor_candidates)
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _last_checkpoint_path(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> str:
+        """The name `_save_last_checkpoint` will pick (same rule, version counter included)."""
+        filepath = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST)
+        if self._enable_version_counter:
+            version = self.STARTING_VERSION
+            while self.file_exists(filepath, trainer) and filepath != self.last_model_path:
+                filepath = self.format_checkpoint_name(monitor_candidates, self.CHECKPOINT_NAME_LAST, ver=version)
+                version += 1
+        return filepath
+
+    def _save_last_checkpoint(self, trainer: pl.Trainer, monitor_candidates: dict[str, torch.Tensor]) -> None:
+        if not self.save_last:
+            return
+        same_step = self._last_global_step_saved == trainer.global_step and bool(self._last_checkpoint_saved)
+        self._link_source = self._last_checkpoint_saved if (same_step and self.link_last) else None
+        try:
+            super()._save_last_checkpoint(trainer, monitor_candidates)
+        finally:
+            self._link_source = None
+        self._last_written_step = trainer.global_step
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        source = self._link_source
+        if source is None or self.save_last == "link" or os.path.abspath(source) == os.path.abspath(filepath):
+            super()._save_checkpoint(trainer, filepath)
+            return
+        if trainer.is_global_zero:
+            replace_with_link(source, filepath)
+        trainer.strategy.barrier("ModelCheckpoint.link_last")
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = filepath
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.after_save_checkpoint(proxy(self))
+
+
+def replace_with_link(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Makes `target` name the file `source` names (a hard link; a copy where links are not supported),
+    atomically: the new name is prepared beside `target` and renamed over it."""
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)

@@ -11,7 +11,7 @@ from typing import Any
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -218,7 +218,7 @@ def finish_wandb(exit_code: int = 0) -> None:
 
 
 def best_or_last_checkpoint(trainer: pl.Trainer) -> str | None:
-    ckpt_cb = next((c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)), None)
+    ckpt_cb = trainer.checkpoint_callback
     if ckpt_cb is None:
         return None
     if ckpt_cb.best_model_path and Path(ckpt_cb.best_model_path).is_file():

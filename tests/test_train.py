@@ -118,6 +118,8 @@ def _resume_pair(tmp_path, compose_cfg, extra=()):
 def test_resume_is_bit_exact(tmp_path, compose_cfg):
     straight, resumed = _resume_pair(tmp_path, compose_cfg)
     assert straight == resumed
+    # the first run's last.ckpt was a link to its best file; the resumed run still recognises it as its own
+    assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").glob("last*")) == ["last.ckpt"]
     info = json.loads((tmp_path / "resumed" / "run_info.json").read_text())
     assert info["resumed_from"].endswith("last.ckpt") and len(info["previous_invocations"]) == 1
 
