@@ -37,13 +37,22 @@ class SuiteModule(pl.LightningModule):
         if getattr(self.trainer._logger_connector, "should_update_logs", True):
             self.log(name, value, on_step=True, on_epoch=False, prog_bar=True)
 
-    def on_train_epoch_end(self) -> None:
-        if self._epoch_sums:
-            means = {
-                name.replace("__", "/"): total / count for name, (total, count) in self._epoch_sums.items()
-            }
+    def log_accumulated(self, split: str) -> None:
+        """Logs the means of the `<split>__*` sums (all ranks' means averaged under DDP) and clears them."""
+        names = [name for name in self._epoch_sums if name.startswith(f"{split}__")]
+        if names:
+            means = {}
+            for name in names:
+                total, count = self._epoch_sums.pop(name)
+                means[name.replace("__", "/")] = total / count
             self.log_dict(means, on_step=False, on_epoch=True, sync_dist=True)
-            self._epoch_sums.clear()
+
+    def on_train_epoch_end(self) -> None:
+        self.log_accumulated("train")
+
+    def on_validation_epoch_end(self) -> None:
+        """Validation values can be accumulated too (`val__loss=...`); subclasses overriding this call super()."""
+        self.log_accumulated("val")
 
     def metric_protocol(self) -> dict[str, Any]:
         return {}

@@ -599,6 +599,7 @@ class NeRCo(RestorationModule):
         return torch.stack([low[:n], out[:n], high[:n]], dim=1).flatten(0, 1).detach().cpu()
 
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
         if self._val_images is not None and not self.trainer.sanity_checking:
             self.log_image_grid(
                 "val/enhanced", self._val_images, nrow=3, value_range=(-1, 1), caption="low | NeRCo | high"

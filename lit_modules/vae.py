@@ -129,18 +129,10 @@ class VAE(SuiteModule):
         if batch_idx == 0:
             self._first_val_batch = x[:8]
         recon, kl = self.loss_terms(x)
-        self.log_dict(
-            {
-                "val/loss": (recon + self.hparams.beta * kl).mean(),
-                "val/elbo": (recon + kl).mean(),
-                "val/kl": kl.mean(),
-            },
-            prog_bar=False,
-            batch_size=x.shape[0],
-            sync_dist=True,
-        )
+        self.accumulate(val__loss=recon + self.hparams.beta * kl, val__elbo=recon + kl, val__kl=kl)
 
     def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()  # val/loss, val/elbo, val/kl: means over the validation images
         every = self.hparams.image_every_n_epochs
         if self.trainer.sanity_checking or not every or (self.current_epoch + 1) % every:
             return

@@ -137,3 +137,35 @@ def test_replace_with_link_copies_where_links_are_refused(tmp_path, monkeypatch)
     monkeypatch.setattr(os, "link", refuse)
     replace_with_link(src, dst)
     assert dst.read_bytes() == b"state" and not os.path.samefile(src, dst)
+
+
+def test_checkpoint_writer_keeps_the_previous_file_when_a_save_fails(tmp_path, monkeypatch):
+    from experiments.checkpoints import AtomicCheckpointIO
+
+    io, path = AtomicCheckpointIO(), tmp_path / "sub" / "last.ckpt"
+    io.save_checkpoint({"step": torch.tensor(1)}, path)
+    assert io.load_checkpoint(path, weights_only=True)["step"] == 1
+    real_save = torch.save
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        with open(f, "r+b") as fh:
+            fh.truncate(10)  # a half-written file ...
+        raise KeyboardInterrupt  # ... and the process interrupted
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": torch.tensor(2)}, path)
+    monkeypatch.undo()
+    assert io.load_checkpoint(path, weights_only=True)["step"] == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_trainer_config_uses_the_streaming_checkpoint_writer(compose_cfg, tmp_path):
+    import hydra
+
+    from experiments.checkpoints import AtomicCheckpointIO
+
+    cfg = compose_cfg("train", ["experiment=vae_mnist", "logger=none"], run_dir=tmp_path)
+    trainer = hydra.utils.instantiate(cfg.trainer)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
