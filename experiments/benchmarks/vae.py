@@ -163,6 +163,10 @@ def run(args: argparse.Namespace) -> int:
     ratio_ckpt = statistics.median(
         steady_state(rd["suite"]) / steady_state(rd["plain_ckpt"]) for rd in rounds
     )
+    # Other processes only ever add time, so the fastest steady-state epoch of each side over all rounds is the
+    # estimate least disturbed by them (timeit's rule); the median above is the conservative figure.
+    fastest = {k: min(min(rd[k][1:] or rd[k]) for rd in rounds) for k in ("suite", "plain")}
+    ratio_fastest = fastest["suite"] / fastest["plain"]
     d_elbo = suite_score["test_elbo"] - plain_score["test_elbo"]
     print(
         f"\nVAE benchmark: {args.experiment}, {args.epochs} epochs x {args.rounds} rounds, suite logger={args.logger}. "
@@ -190,6 +194,10 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"time ratio suite/plain: {ratio:.3f} (per round: {', '.join(f'{x:.3f}' for x in ratios)}; target <= 1.10)"
     )
+    print(
+        f"time ratio of the fastest epochs (least disturbed by other processes): {ratio_fastest:.3f} "
+        f"({fastest['suite']:.3f} s / {fastest['plain']:.3f} s)"
+    )
     print(f"time ratio suite/(plain + checkpoint): {ratio_ckpt:.3f}")
     print(f"-ELBO suite - plain: {d_elbo:+.3f} nats (target <= +0.5); final weights bit-identical: {same}")
     write_results(
@@ -199,6 +207,8 @@ def run(args: argparse.Namespace) -> int:
             "epoch_time": t,
             "ratio": ratio,
             "ratios": ratios,
+            "fastest_epoch": fastest,
+            "ratio_fastest": ratio_fastest,
             "ratio_vs_plain_with_checkpoint": ratio_ckpt,
             "suite": suite_score,
             "plain": plain_score,
