@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from data import photos
-from data.images import write_bytes_atomic
+from data.images import write_atomic
 from data.layouts import Layout
 
 log = logging.getLogger(__name__)
@@ -301,5 +301,5 @@ def _generate(tmp: Path, layout: Layout, m: LowLightModel, key: str) -> dict[str
         "model_doc": (__doc__ or "").split("Caching and atomicity")[0].strip(),
         "images": images,
     }
-    write_bytes_atomic(tmp / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
+    write_atomic(tmp / "manifest.json", (json.dumps(manifest, indent=1) + "\n").encode())
     return manifest

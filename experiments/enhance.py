@@ -21,8 +21,6 @@ and skipped) and enhance.json (one record per image).
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,6 +37,7 @@ from data.images import (
     is_image_file,
     read_header,
     read_rgb,
+    write_atomic,
     write_png,
 )
 from experiments.checkpoints import CheckpointMismatchError, load_checkpoint, model_class_path
@@ -334,15 +333,7 @@ def to_uint8(image01: torch.Tensor, quantize: str) -> np.ndarray:
 
 def write_png_atomic(path: Path, array: np.ndarray) -> None:
     """PNG written to a hidden temporary file beside `path`, then renamed onto it (never half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write_png(Path(tmp), array)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: write_png(f, array))
 
 
 def enhance_one(model: Any, item: Item, device: torch.device, overlap: int, quantize: str, bar: Any) -> None:

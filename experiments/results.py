@@ -15,22 +15,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from data.images import write_atomic
 
 
 def metric_tables(metrics: dict[str, float], order: list[str] | None = None) -> dict[str, dict[str, Any]]:
@@ -115,7 +103,7 @@ def write_per_image_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     for r in rows:
         writer.writerow({k: (f"{v:.6f}" if isinstance(v, float) else v) for k, v in r.items()})
-    _write_text_atomic(path, buf.getvalue())
+    write_atomic(path, buf.getvalue().encode())
 
 
 def write_result_files(
@@ -133,6 +121,6 @@ def write_result_files(
         write_per_image_csv(run_dir / "per_image.csv", rows)
         written.append(run_dir / "per_image.csv")
     if tables:
-        _write_text_atomic(run_dir / "results.md", markdown(tables, data, protocol))
+        write_atomic(run_dir / "results.md", markdown(tables, data, protocol).encode())
         written.append(run_dir / "results.md")
     return written

@@ -15,12 +15,13 @@ import shlex
 import socket
 import subprocess
 import sys
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from data.images import write_atomic
 
 PACKAGES = (
     "lightning-repro-suite",
@@ -46,17 +47,8 @@ PACKAGES = (
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=str, allow_nan=True)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(obj, indent=2, sort_keys=False, default=str, allow_nan=True) + "\n"
+    write_atomic(path, text.encode())
 
 
 def package_versions() -> dict[str, str]:
