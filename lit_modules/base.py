@@ -31,6 +31,14 @@ class SuiteModule(pl.LightningModule):
             total, count = self._epoch_sums.get(name, (0.0, 0))
             self._epoch_sums[name] = (total + value.sum(), count + value.numel())
 
+    def training_loss(self, per_example: torch.Tensor, **terms: torch.Tensor) -> torch.Tensor:
+        """The usual end of a `training_step`: accumulates `per_example` as `train/loss` (and each per-example
+        term as `train/<name>`), logs the batch mean as `train/loss_step` on the logging cadence, returns it."""
+        self.accumulate(train__loss=per_example, **{f"train__{name}": value for name, value in terms.items()})
+        loss = per_example.mean()
+        self.log_step("train/loss_step", loss)
+        return loss
+
     def log_step(self, name: str, value: torch.Tensor) -> None:
         """Logs a step-level value (also to the progress bar) on the trainer's logging cadence only."""
         # Lightning's own predicate for "this step's metrics go to the loggers" (private, hence the getattr)

@@ -35,11 +35,7 @@ class MNISTClassifier(SuiteModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        per_image = F.cross_entropy(self.net(x), y, reduction="none")
-        self.accumulate(train__loss=per_image)
-        loss = per_image.mean()
-        self.log_step("train/loss_step", loss)
-        return loss
+        return self.training_loss(F.cross_entropy(self.net(x), y, reduction="none"))
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch

@@ -126,11 +126,7 @@ class DDPM(SuiteModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        per_image = self.diffusion_loss(x, y)
-        self.accumulate(train__loss=per_image)
-        loss = per_image.mean()
-        self.log_step("train/loss_step", loss)
-        return loss
+        return self.training_loss(self.diffusion_loss(x, y))
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch

@@ -118,11 +118,7 @@ class VAE(SuiteModule):
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         recon, kl = self.loss_terms(batch[0])
-        per_image = recon + self.hparams.beta * kl
-        loss = per_image.mean()
-        self.accumulate(train__loss=per_image, train__recon=recon, train__kl=kl)
-        self.log_step("train/loss_step", loss)
-        return loss
+        return self.training_loss(recon + self.hparams.beta * kl, recon=recon, kl=kl)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x = batch[0]
