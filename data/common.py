@@ -1,11 +1,14 @@
-"""Pieces shared by the DataModules: an epoch-seeded sampler and an in-memory image dataset."""
+"""Pieces shared by the DataModules: an epoch-seeded sampler, a training loader that resumes mid-epoch, and
+an in-memory image dataset."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -30,6 +33,82 @@ class EpochSeededSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+def batches_consumed(trainer: Any) -> int | None:
+    """How many training batches of the current epoch the fit loop has finished (its step and hooks done),
+    or None outside `fit`. This is the loop's own count, not the loader's: the loop prefetches a batch ahead,
+    and `limit_train_batches` stops it before the loader is exhausted."""
+    loop = getattr(getattr(trainer, "fit_loop", None), "epoch_loop", None)
+    return None if loop is None else int(loop.batch_progress.current.processed)
+
+
+class ResumableDataLoader(DataLoader):
+    """A training DataLoader whose position within the epoch travels in the checkpoint (Lightning's
+    stateful-loader protocol: `state_dict` / `load_state_dict`), so a run resumed from a mid-epoch checkpoint
+    (a SLURM requeue) sees exactly the batches the straight run would have seen next.
+
+    The state is (sampler epoch, batches consumed); `position()` supplies the count (`batches_consumed` of the
+    DataModule's trainer). After `load_state_dict` the next iterator sets the sampler to that epoch (under
+    DDP through Lightning's sampler wrapper, so each rank skips its own shard) and skips that many index
+    batches without loading them. Creating that iterator would draw a base seed from the global torch RNG,
+    which the straight run drew once at the start of the epoch; the draw is undone so the restored RNG state
+    is the one the straight run had at the checkpoint.
+    """
+
+    def __init__(self, *args: Any, position: Callable[[], int | None] | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.position = position
+        self._resume: dict[str, int] | None = None
+        self._skip = 0
+
+    def _sampler_epoch(self) -> int:
+        for obj in (self.sampler, getattr(self.batch_sampler, "sampler", None)):
+            if obj is not None and hasattr(obj, "epoch"):
+                return int(obj.epoch)
+        return 0
+
+    def state_dict(self) -> dict[str, int]:
+        consumed = self.position() if self.position is not None else None
+        return {"epoch": self._sampler_epoch(), "consumed": -1 if consumed is None else int(consumed)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if int(state.get("consumed", -1)) >= 0:
+            self._resume = {"epoch": int(state["epoch"]), "consumed": int(state["consumed"])}
+
+    @property
+    def _index_sampler(self) -> Any:
+        base = super()._index_sampler
+        return _SkipOnce(base, self._skip) if self._skip else base
+
+    def __iter__(self) -> Any:
+        if self._resume is None:
+            return super().__iter__()
+        from lightning_fabric.utilities.data import _set_sampler_epoch
+
+        _set_sampler_epoch(self, self._resume["epoch"])
+        self._skip = self._resume["consumed"]
+        state = torch.get_rng_state()
+        try:
+            return super().__iter__()
+        finally:
+            torch.set_rng_state(state)
+            self._resume, self._skip = None, 0
+
+
+class _SkipOnce:
+    """An index (batch) sampler whose first iteration leaves out its first `n` items (drawn, not loaded);
+    later iterations (persistent workers reuse it) are whole."""
+
+    def __init__(self, base: Any, n: int):
+        self.base, self.n = base, n
+
+    def __iter__(self) -> Iterator[Any]:
+        n, self.n = self.n, 0
+        return itertools.islice(iter(self.base), n, None)
+
+    def __len__(self) -> int:
+        return max(len(self.base) - self.n, 0)
 
 
 class ImageTensorDataset(Dataset):

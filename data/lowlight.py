@@ -59,6 +59,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from data.common import ResumableDataLoader, batches_consumed
 from data.images import (
     IMAGE_EXTENSIONS,
     ImageHeader,
@@ -846,15 +847,22 @@ class LowLightDataModule(pl.LightningDataModule):
         sampler = (
             DrawSampler(len(ds.lows), ds.n_b, self.shuffle_seed, unpaired=ds.unpaired) if train else None
         )
-        return DataLoader(
+        loader, extra = (
+            (ResumableDataLoader, {"position": self._train_position}) if train else (DataLoader, {})
+        )
+        return loader(
             ds,
             batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=sampler,
+            **extra,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=self.pin_memory,
             drop_last=False,
         )
+
+    def _train_position(self) -> int | None:
+        return batches_consumed(self.trainer)
 
     def train_dataloader(self) -> DataLoader:
         if "train" not in self.splits:

@@ -26,7 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from data.common import EpochSeededSampler, ImageTensorDataset
+from data.common import EpochSeededSampler, ImageTensorDataset, ResumableDataLoader, batches_consumed
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -278,13 +278,19 @@ class MNISTDataModule(pl.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = self.splits[split]
         h = self.hparams
-        return DataLoader(
+        common = dict(num_workers=h.num_workers, persistent_workers=h.num_workers > 0)
+        if not train:
+            return DataLoader(ds, batch_size=h.eval_batch_size, **common)
+        return ResumableDataLoader(
             ds,
-            batch_size=h.batch_size if train else h.eval_batch_size,
-            sampler=EpochSeededSampler(len(ds), h.shuffle_seed) if train else None,
-            num_workers=h.num_workers,
-            persistent_workers=h.num_workers > 0,
+            batch_size=h.batch_size,
+            sampler=EpochSeededSampler(len(ds), h.shuffle_seed),
+            position=self._train_position,
+            **common,
         )
+
+    def _train_position(self) -> int | None:
+        return batches_consumed(self.trainer)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)

@@ -59,20 +59,23 @@ def restore_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 
 class RNGStateCheckpoint(Callback):
-    """Stores the global RNG states in every checkpoint and restores them when training resumes.
+    """Stores the global RNG states of every rank in every checkpoint and restores them when training resumes.
 
     Lightning checkpoints hold model, optimizer and loop state but not the global RNGs, so without this a
     resumed run draws different noise (dropout, VAE reparameterisation, diffusion timesteps) from the
-    straight run. The states are captured when the checkpoint is written (end of an epoch, after
-    validation) and restored as soon as Lightning hands the callback its state while resuming `fit`: that is
-    before Lightning creates the first training iterator (which draws a seed from the global RNG, exactly as
-    the straight run does at the start of the next epoch) and before the RNG-isolated sanity check. Under DDP
-    the states are rank zero's; other ranks keep their freshly seeded states.
+    straight run. The states are captured when the checkpoint is written (end of an epoch after validation,
+    or after a training batch when a SLURM requeue saves mid-epoch) and restored as soon as Lightning hands
+    the callback its state while resuming `fit`: that is before Lightning creates the first training
+    iterator and before the RNG-isolated sanity check. Under DDP every rank's states are gathered into the
+    checkpoint (`ranks`, indexed by global rank) and each rank gets its own back, provided the world size is
+    the one the checkpoint was written with; checkpoints of older versions hold only `rank0`, used by a
+    single process.
     """
 
     def __init__(self) -> None:
         self._fitting = False
         self._world_size = 1
+        self._rank = 0
 
     @property
     def state_key(self) -> str:
@@ -81,12 +84,25 @@ class RNGStateCheckpoint(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._fitting = stage == "fit"
         self._world_size = trainer.world_size
+        self._rank = trainer.global_rank
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rank0": capture_rng_state()}
+        # every rank builds the checkpoint at the same point (trainer.save_checkpoint is collective)
+        mine = capture_rng_state()
+        if self._world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            ranks: list[Any] = [None] * self._world_size
+            torch.distributed.all_gather_object(ranks, mine)
+        else:
+            ranks = [mine]
+        return {"rank0": ranks[0], "ranks": ranks}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if self._fitting and self._world_size == 1 and "rank0" in state_dict:
+        if not self._fitting:
+            return
+        ranks = state_dict.get("ranks")
+        if ranks is not None and len(ranks) == self._world_size:
+            restore_rng_state(ranks[self._rank])
+        elif self._world_size == 1 and "rank0" in state_dict:
             restore_rng_state(state_dict["rank0"])
 
 

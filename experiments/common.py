@@ -15,7 +15,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
-from experiments import results
+from experiments import results, slurm
 from experiments import run_dir as rd
 from experiments.tracking import ImageFileLogger, wandb_run_info
 
@@ -35,7 +35,9 @@ def quiet_known_noise() -> None:
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdverts())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # evaluate/test load a checkpoint written with training callbacks that test runs rightly do not have
-    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create")
+    warnings.filterwarnings(
+        "ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create"
+    )
 
 
 def instantiate_group(group: DictConfig | None, kind: str) -> list[Any]:
@@ -126,6 +128,10 @@ class Run:
         quiet_known_noise()
         self.run_dir = Path(self.cfg.paths.output_dir)
         self.sweep = sweep_context()
+        # a SLURM job may only enter a run directory of its own submission (checked before any write)
+        slurm.check_submission(
+            rd.read_run_info(self.run_dir), explicit_resume=self.cfg.get("ckpt_path") is not None
+        )
         self.info = rd.new_run_info(
             self.run_dir, Path(self.cfg.paths.root_dir), self.task, self.cfg.get("seed"), hydra_overrides()
         )
@@ -184,6 +190,22 @@ class Run:
         """Marks the run completed for entry points without a trainer or metrics.json (`enhance`); `extra`
         (what was written, what was skipped) goes into run_info.json."""
         self.info.update(status="completed", finished=rd.now(), **extra)
+        self._write_info()
+
+    def requeued(self, signal_name: str, checkpoint: Path | None, requeue_error: str | None) -> None:
+        """Records an invocation stopped by a SLURM signal. `requeued`: SLURM runs the job again, which
+        resumes here; `interrupted`: it will not (the requeue failed, or the job was cancelled)."""
+        state = "requeued" if requeue_error is None else "interrupted"
+        self.info.update(
+            status=state,
+            finished=rd.now(),
+            requeue={
+                "signal": signal_name,
+                "checkpoint": str(checkpoint) if checkpoint else None,
+                "slurm_restart_count": slurm.restart_count(),
+                "error": requeue_error,
+            },
+        )
         self._write_info()
 
     def fail(self, err: BaseException) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from data.images import write_atomic
+from experiments import slurm
 
 PACKAGES = (
     "lightning-repro-suite",
@@ -117,25 +118,15 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def command_line() -> str:
+def command_line(task: str | None = None, overrides: list[str] | None = None) -> str:
+    """A command that reruns this invocation. Under a launcher (submitit's bootstrap is `sys.argv`) it is
+    rebuilt from the job's own Hydra overrides."""
     argv0 = sys.argv[0]
     if argv0.endswith(".py") and Path(argv0).parent.name == "experiments":
         return shlex.join(["python", "-m", f"experiments.{Path(argv0).stem}", *sys.argv[1:]])
+    if task and overrides is not None:
+        return shlex.join(["python", "-m", f"experiments.{task}", *overrides])
     return shlex.join(sys.argv)
-
-
-def slurm_info() -> dict[str, str] | None:
-    keys = (
-        "SLURM_JOB_ID",
-        "SLURM_ARRAY_JOB_ID",
-        "SLURM_ARRAY_TASK_ID",
-        "SLURM_JOB_NAME",
-        "SLURM_NODELIST",
-        "SLURM_NTASKS",
-        "SLURM_PROCID",
-    )
-    found = {k: os.environ[k] for k in keys if k in os.environ}
-    return found or None
 
 
 def now() -> str:
@@ -152,14 +143,15 @@ def new_run_info(
         "started": now(),
         "finished": None,
         "run_dir": str(run_dir),
-        "command": command_line(),
+        "command": command_line(task, overrides),
         "overrides": overrides,
         "seed": seed,
         "git": git_state(root),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "host": socket.gethostname(),
-        "slurm": slurm_info(),
+        "slurm": slurm.slurm_info(),
+        "submission": slurm.submission(),
         "packages": package_versions(),
         "device": device_info(),
     }

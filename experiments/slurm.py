@@ -1,18 +1,61 @@
-"""SLURM: checks that a run's devices and nodes match the allocation, and the launcher guard."""
+"""SLURM: allocation checks, requeue at a batch boundary, resume of a requeued job, and the job's record.
+
+A job submitted with `--signal=USR1@<s> --requeue` (configs/slurm/*.sbatch, hydra/launcher=slurm|slurm_cpu)
+gets SIGUSR1 `s` seconds (SLURM: up to 60 s more) before its time limit, or whenever `scancel --signal=USR1`
+is sent. The signal handler only marks the request; `SlurmRequeue` acts on it at the next batch boundary,
+the same one on every DDP rank (the mark is all-reduced after each training batch):
+
+1. `checkpoints/requeue.ckpt` is written (collectively: every rank's RNG states, the loader's position in
+   the epoch via `data.common.ResumableDataLoader`), so the requeued run continues the straight run's batch
+   sequence bit for bit;
+2. the invocation is recorded as `requeued` in run_info.json and the W&B run is closed;
+3. rank zero calls `scontrol requeue <job>` and the process exits (status 0) without returning a result,
+   so a submitit launcher keeps waiting for the job instead of recording a failure.
+
+The requeued job starts again with `SLURM_RESTART_COUNT` > 0 in the same run directory, which belongs to
+that submission (cluster + job id, recorded in run_info.json): `train` resumes from the newest of the run's
+own checkpoints (requeue.ckpt, last.ckpt, Lightning's hpc_ckpt_N.ckpt) after checking it fits the model, and
+records it as `resumed_from`. A signal before training starts or between fit and test requeues at once (the
+restart finds the state it needs in last.ckpt); one during the test is noted and the run completes. SIGTERM
+(scancel, `scontrol requeue`, preemption) also stops at the next batch boundary, with the same checkpoint,
+but leaves the requeue to SLURM. Superseded requeue/hpc checkpoints are deleted.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
+import signal
+import subprocess
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+log = logging.getLogger("experiments")
+
+REQUEUE_CHECKPOINT = "requeue.ckpt"  # in <run dir>/checkpoints/
 
 
 def in_slurm_batch_job(env: Mapping[str, str] = os.environ) -> bool:
     return "SLURM_JOB_ID" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
 
 
+def restart_count(env: Mapping[str, str] = os.environ) -> int:
+    value = env.get("SLURM_RESTART_COUNT", "0")
+    return int(value) if value.isdigit() else 0
+
+
+def job_id(env: Mapping[str, str] = os.environ) -> str | None:
+    """`<array job>_<task>` for a job array task, else SLURM_JOB_ID (what `scontrol requeue` takes)."""
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID")
+
+
+# ------------------------------------------------------------------------------------- allocation
 def _count(devices: Any) -> int | None:
     if isinstance(devices, int):
         return devices if devices > 0 else None
@@ -53,10 +96,306 @@ def check_allocation(devices: Any, num_nodes: int, env: Mapping[str, str] = os.e
         )
 
 
+def threads_from_allocation(env: Mapping[str, str] = os.environ) -> int | None:
+    """In a SLURM job, limits torch (and OpenMP, for processes started later) to `SLURM_CPUS_PER_TASK`
+    threads instead of every core of the node; returns the count set, or None outside SLURM."""
+    cpus = env.get("SLURM_CPUS_PER_TASK", "")
+    if not in_slurm_batch_job(env) or not cpus.isdigit():
+        return None
+    import torch
+
+    torch.set_num_threads(int(cpus))
+    os.environ.setdefault("OMP_NUM_THREADS", cpus)
+    return int(cpus)
+
+
 def require_sbatch() -> None:
     if shutil.which("sbatch") is None:
         raise RuntimeError(
-            "hydra/launcher=slurm submits jobs with SLURM's `sbatch`, which is not on this machine's PATH. "
-            "Run the same sweep here with hydra/launcher=submitit_local (one local process per job), or "
-            "submit from a SLURM login node."
+            "hydra/launcher=slurm (or slurm_cpu) submits jobs with SLURM's `sbatch`, which is not on this "
+            "machine's PATH. Run the same sweep here with hydra/launcher=submitit_local (one local process "
+            "per job), or submit from a SLURM login node."
         )
+
+
+# ------------------------------------------------------------------------------------- the record
+SLURM_KEYS = (
+    "SLURM_CLUSTER_NAME",
+    "SLURM_JOB_ID",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_JOB_NAME",
+    "SLURM_JOB_PARTITION",
+    "SLURM_RESTART_COUNT",
+    "SLURM_NODELIST",
+    "SLURM_JOB_NUM_NODES",
+    "SLURM_NTASKS",
+    "SLURM_NTASKS_PER_NODE",
+    "SLURM_CPUS_PER_TASK",
+    "SLURM_PROCID",
+    "SLURM_SUBMIT_DIR",
+)
+
+
+def slurm_info(env: Mapping[str, str] = os.environ) -> dict[str, str] | None:
+    found = {k: env[k] for k in SLURM_KEYS if k in env}
+    return found or None
+
+
+def submission(env: Mapping[str, str] = os.environ) -> dict[str, Any] | None:
+    """What identifies one SLURM submission across its requeues: cluster and job id (a requeue keeps both;
+    `SLURM_RESTART_COUNT` counts the restarts)."""
+    if not in_slurm_batch_job(env):
+        return None
+    return {"cluster": env.get("SLURM_CLUSTER_NAME"), "job": job_id(env), "restart": restart_count(env)}
+
+
+class SubmissionMismatchError(RuntimeError):
+    """The run directory belongs to another SLURM submission."""
+
+
+def check_submission(
+    previous: Mapping[str, Any] | None, explicit_resume: bool, env: Mapping[str, str] = os.environ
+) -> None:
+    """Refuses to enter a run directory that belongs to another submission, before anything is written.
+
+    A fresh job (restart count 0) must not find a run directory made by a SLURM job unless `ckpt_path` was
+    given on purpose; a requeued job (restart count > 0) must find its own cluster and job id there. Job ids
+    restart at 1 after a cluster reset, so `logs/.../<job id>` alone can name another run's directory.
+    """
+    mine = submission(env)
+    if mine is None or not previous:
+        return
+    theirs = previous.get("submission") or (
+        {"cluster": (previous.get("slurm") or {}).get("SLURM_CLUSTER_NAME"), "job": _old_job(previous)}
+        if previous.get("slurm")
+        else None
+    )
+    if theirs is None:
+        return
+    same = theirs.get("cluster") == mine["cluster"] and str(theirs.get("job")) == str(mine["job"])
+    where = previous.get("run_dir", "the run directory")
+    owner = (
+        f"job {theirs.get('job')} of cluster {theirs.get('cluster')!r} (started {previous.get('started')}, "
+        f"seed {previous.get('seed')})"
+    )
+    if mine["restart"] > 0 and not same:
+        raise SubmissionMismatchError(
+            f"{where} belongs to {owner}, but this is restart {mine['restart']} of job {mine['job']} of cluster "
+            f"{mine['cluster']!r}: refusing to resume another submission's run. Give each job its own "
+            "hydra.run.dir (the sbatch scripts name it <cluster>_<job id>_<submit time>)."
+        )
+    if mine["restart"] == 0 and not explicit_resume:
+        raise SubmissionMismatchError(
+            f"{where} already holds a run of {owner}; this is a new submission (job {mine['job']} of cluster "
+            f"{mine['cluster']!r}, not a requeue). Refusing to train into it: choose another hydra.run.dir, or "
+            "pass ckpt_path=last (or a checkpoint path) to continue that run on purpose."
+        )
+
+
+def _old_job(previous: Mapping[str, Any]) -> str | None:
+    s = previous.get("slurm") or {}
+    if s.get("SLURM_ARRAY_JOB_ID") and s.get("SLURM_ARRAY_TASK_ID"):
+        return f"{s['SLURM_ARRAY_JOB_ID']}_{s['SLURM_ARRAY_TASK_ID']}"
+    return s.get("SLURM_JOB_ID")
+
+
+# ------------------------------------------------------------------------------------- resume
+def own_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's resumable checkpoints, newest first: requeue.ckpt, last.ckpt, Lightning's hpc_ckpt_N."""
+    found = [run_dir / "checkpoints" / REQUEUE_CHECKPOINT, run_dir / "checkpoints" / "last.ckpt"]
+    found += list(run_dir.glob("hpc_ckpt_*.ckpt"))
+    found = [p for p in found if p.is_file()]
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+
+
+def requeue_resume_path(run_dir: Path, env: Mapping[str, str] = os.environ) -> Path | None:
+    """For a requeued job (restart count > 0): the newest checkpoint the run wrote, else None (start over)."""
+    if not in_slurm_batch_job(env) or restart_count(env) == 0:
+        return None
+    found = own_checkpoints(run_dir)
+    return found[0] if found else None
+
+
+def remove_superseded(run_dir: Path) -> list[Path]:
+    """Deletes requeue.ckpt and hpc_ckpt_N.ckpt files older than last.ckpt (a newer state supersedes them)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return []
+    newest = last.stat().st_mtime_ns
+    removed = []
+    for p in [run_dir / "checkpoints" / REQUEUE_CHECKPOINT, *run_dir.glob("hpc_ckpt_*.ckpt")]:
+        if p.is_file() and p.stat().st_mtime_ns <= newest:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+# ------------------------------------------------------------------------------------- signals
+class _Request:
+    """Process-wide: which signal asked this job to stop, and when (set by the handlers only)."""
+
+    signal: str | None = None
+    at: float | None = None
+    fit_running = False
+
+    @classmethod
+    def mark(cls, name: str) -> None:
+        if cls.signal is None or name == "SIGTERM":
+            cls.signal, cls.at = name, time.time()
+
+    @classmethod
+    def clear(cls) -> None:
+        cls.signal, cls.at = None, None
+
+
+class Requeued(SystemExit):
+    """This invocation stopped for a SLURM requeue; it exits with status 0 and returns no result (so a
+    launcher waiting on the job sees it run again, not fail)."""
+
+    def __init__(self, message: str):
+        super().__init__(0)
+        self.message = message
+
+
+class Terminated(Exception):
+    """SIGTERM from SLURM (scancel, `scontrol requeue`, preemption) stopped this invocation."""
+
+
+def _on_usr1(signum: int, frame: Any) -> None:
+    _Request.mark("SIGUSR1")
+
+
+def _on_term(signum: int, frame: Any) -> None:
+    _Request.mark("SIGTERM")
+    if not _Request.fit_running:  # nothing to checkpoint at a batch boundary: stop now
+        raise Terminated("SIGTERM from SLURM (scancel, scontrol requeue, preemption or node shutdown)")
+
+
+def install_signal_handlers(env: Mapping[str, str] = os.environ) -> bool:
+    """In a SLURM batch job: SIGUSR1 marks a requeue request instead of killing the process (Python's
+    default), and SIGTERM stops at the next batch boundary during fit. Returns whether installed."""
+    if not in_slurm_batch_job(env) or os.name == "nt":
+        return False
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    import experiments
+
+    if experiments.EARLY_SIGNALS:  # received during start-up
+        _Request.mark(experiments.EARLY_SIGNALS[-1])
+        experiments.EARLY_SIGNALS.clear()
+    signal.signal(signal.SIGUSR1, _on_usr1)
+    signal.signal(signal.SIGTERM, _on_term)
+    return True
+
+
+def requested() -> str | None:
+    return _Request.signal
+
+
+def scontrol_requeue(env: Mapping[str, str] = os.environ) -> str | None:
+    """Asks SLURM to requeue this job; returns None on success, else why not."""
+    jid = job_id(env)
+    if not jid or not re.fullmatch(r"[0-9_]+", jid):
+        return f"no usable SLURM job id ({jid!r})"
+    try:
+        res = subprocess.run(["scontrol", "requeue", jid], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"`scontrol requeue {jid}` could not run: {err}"
+    if res.returncode != 0:
+        return f"`scontrol requeue {jid}` failed: {(res.stderr or res.stdout).strip()}"
+    return None
+
+
+def job_state(env: Mapping[str, str] = os.environ) -> str | None:
+    """The job's state as SLURM's controller reports it (e.g. RUNNING, REQUEUED, CANCELLED)."""
+    jid = env.get("SLURM_JOB_ID")
+    if not jid:
+        return None
+    try:
+        res = subprocess.run(
+            ["squeue", "-h", "-j", jid, "-o", "%T"], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return res.stdout.strip().splitlines()[0] if res.returncode == 0 and res.stdout.strip() else None
+
+
+class RequeueRequested(Exception):
+    """Raised inside `fit` at the batch boundary where a requeue checkpoint was written."""
+
+    def __init__(self, signal_name: str, checkpoint: Path | None):
+        super().__init__(f"{signal_name}: stopped at a batch boundary, checkpoint {checkpoint}")
+        self.signal_name = signal_name
+        self.checkpoint = checkpoint
+
+
+try:
+    from pytorch_lightning.callbacks import Callback as _Callback
+except ImportError:  # pragma: no cover - the suite always has Lightning
+    _Callback = object  # type: ignore[assignment,misc]
+
+
+class SlurmRequeue(_Callback):
+    """Acts on a requeue or termination signal at a training-batch boundary (module docstring)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.saved: Path | None = None
+
+    # Lightning installs its own SIGTERM handler when each stage starts; the suite's replaces it again.
+    def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None:
+        install_signal_handlers()
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        install_signal_handlers()
+        _Request.fit_running = True
+        if self._agreed(trainer):  # signalled during start-up: the state is the one we resumed from
+            raise RequeueRequested(_Request.signal or "SIGUSR1", None)
+
+    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
+        install_signal_handlers()
+
+    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
+        install_signal_handlers()
+
+    def on_train_batch_end(
+        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if not self._agreed(trainer):
+            return
+        path = self.run_dir / "checkpoints" / REQUEUE_CHECKPOINT
+        trainer.save_checkpoint(path)
+        self.saved = path
+        raise RequeueRequested(_Request.signal or "SIGUSR1", path)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.is_global_zero:
+            remove_superseded(self.run_dir)
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        _Request.fit_running = False
+        if trainer.is_global_zero:
+            remove_superseded(self.run_dir)
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        _Request.fit_running = False
+
+    @staticmethod
+    def _agreed(trainer: Any) -> bool:
+        """Whether any rank was signalled; every rank gets the same answer at the same batch (SIGTERM wins)."""
+        code = {None: 0, "SIGUSR1": 1, "SIGTERM": 2}.get(_Request.signal, 1)
+        if trainer.world_size > 1:
+            import torch
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                t = torch.tensor([code], device=trainer.strategy.root_device)
+                dist.all_reduce(t, op=dist.ReduceOp.MAX)
+                agreed = int(t.item())
+                if agreed > code:
+                    _Request.mark("SIGTERM" if agreed == 2 else "SIGUSR1")  # another rank's signal
+                code = agreed
+        return code > 0

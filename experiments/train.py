@@ -18,11 +18,26 @@ from experiments.common import (
     best_or_last_checkpoint,
     finish_wandb,
     instantiate_group,
+    is_rank_zero,
     log,
     split_metrics,
 )
 from experiments.config import config_path
-from experiments.slurm import check_allocation, in_slurm_batch_job
+from experiments.slurm import (
+    Requeued,
+    RequeueRequested,
+    SlurmRequeue,
+    Terminated,
+    check_allocation,
+    in_slurm_batch_job,
+    install_signal_handlers,
+    job_state,
+    remove_superseded,
+    requested,
+    requeue_resume_path,
+    scontrol_requeue,
+    threads_from_allocation,
+)
 from experiments.sweeps import run_job
 
 
@@ -57,9 +72,15 @@ def check_distributed(cfg: DictConfig, multirun: bool) -> None:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Seed, compose data/model/callbacks/loggers/trainer from config, fit, test; returns the test metrics."""
+    install_signal_handlers()  # again: a launcher (submitit) installs its own when the job starts
+    threads_from_allocation()
     run = Run(cfg, "train")
     try:
         ckpt_path = resolve_resume(cfg)
+        requeued_from = requeue_resume_path(run.run_dir)
+        if requeued_from is not None:
+            log.info("SLURM restart: resuming from the run's newest checkpoint %s", requeued_from)
+            ckpt_path = str(requeued_from)
         check_distributed(cfg, multirun=run.sweep is not None)
         pl.seed_everything(cfg.seed, workers=True)
         log.info("Instantiating datamodule <%s>", cfg.data._target_)
@@ -80,11 +101,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
             CheckpointInfo(info),
             PerRankSeed(cfg.seed),
         ]
+        if in_slurm_batch_job():
+            callbacks.append(SlurmRequeue(run.run_dir))
         trainer = run.trainer(callbacks, run.loggers())
         metrics: dict[str, float] = {}
         if cfg.get("train", True):
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
             metrics.update(split_metrics(trainer.callback_metrics, ("val",)))
+            if requested():  # signalled between fit and test: last.ckpt holds the finished fit
+                raise RequeueRequested(requested(), None)
         tested = None
         if cfg.get("test", True):
             tested = best_or_last_checkpoint(trainer)
@@ -92,15 +117,67 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 log.warning(
                     "No checkpoint was written (fast_dev_run or checkpointing disabled): testing the current weights."
                 )
+            pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the test draws the same noise however fit ran
             trainer.test(model, datamodule=datamodule, ckpt_path=tested, verbose=False)
             metrics.update(split_metrics(trainer.callback_metrics, ("test",)))
+        if requested():
+            log.info("SLURM sent %s during the test: the run is complete, nothing to requeue.", requested())
+        if is_rank_zero():
+            remove_superseded(run.run_dir)
         run.finish(trainer, metrics, model, datamodule, tested_checkpoint=tested)
+    except RequeueRequested as req:
+        stop_for_slurm(run, req.signal_name, req.checkpoint)
+    except Terminated:
+        stop_for_slurm(run, "SIGTERM", None)
     except BaseException as err:
         run.fail(err)
         finish_wandb(exit_code=1)
         raise
     finish_wandb()
     return metrics
+
+
+def stop_for_slurm(run: Run, signal_name: str, checkpoint: Path | None) -> None:
+    """Ends an invocation that SLURM signalled: record, close W&B, requeue (SIGUSR1 only; after SIGTERM
+    SLURM itself requeues or cancels), exit 0 without a result."""
+    import signal as _signal
+
+    _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)  # the requeue terminates this job step: finish first
+    try:
+        finish_wandb(exit_code=1)
+    except Exception as err:  # noqa: BLE001 - SLURM signals the W&B service process too
+        log.warning("W&B could not be closed cleanly (%s); the requeued job continues the same run id.", err)
+    if not is_rank_zero():
+        raise Requeued(f"rank stopped for {signal_name}")
+    error = None
+    if signal_name == "SIGUSR1":
+        run.requeued(signal_name, checkpoint, None)  # recorded before the requeue kills this job step
+        error = scontrol_requeue()
+        if error:
+            run.requeued(signal_name, checkpoint, error)
+    else:
+        state = job_state() or ""
+        run.requeued(
+            signal_name,
+            checkpoint,
+            None if "REQUEUE" in state or state == "PENDING" else f"job {state or 'ended'}",
+        )
+    where = f"; state saved in {checkpoint}" if checkpoint else ""
+    if error:
+        log.error(
+            "SLURM %s: could not requeue the job (%s)%s. Resume by hand with ckpt_path=<that file>.",
+            signal_name,
+            error,
+            where,
+        )
+        raise SystemExit(1)
+    log.warning(
+        "SLURM %s: stopped at a batch boundary%s; the job is requeued and resumes in %s.",
+        signal_name,
+        where,
+        run.run_dir,
+    )
+    raise Requeued(f"{signal_name}{where}")
 
 
 @hydra.main(version_base="1.3", config_path=config_path(), config_name="train")

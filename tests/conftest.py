@@ -21,6 +21,48 @@ import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
+# SLURM's client commands. Tests run with a PATH that has none of them (whether or not this machine has
+# SLURM installed); tests marked `slurm` get the real ones back with a running local cluster (tests/slurm/).
+SLURM_COMMANDS = frozenset(
+    "sbatch srun salloc sattach sbcast scancel scontrol scrontab sdiag sinfo sprio squeue sreport sshare "
+    "sstat strigger sview sacct sacctmgr sh5util sjobexitmod sjstat smap".split()
+)
+ORIGINAL_PATH = os.environ.get("PATH", "")
+
+
+def path_without_slurm(path: str, farm: Path) -> str:
+    """PATH with the same programs in the same order, less SLURM's commands (a folder of links per entry)."""
+    dirs = []
+    for i, d in enumerate(p for p in path.split(os.pathsep) if p):
+        src = Path(d)
+        if not src.is_dir():
+            continue
+        names = {e.name for e in src.iterdir()}
+        if not names & SLURM_COMMANDS:
+            dirs.append(d)
+            continue
+        dst = farm / str(i)
+        dst.mkdir(parents=True, exist_ok=True)
+        for name in names - SLURM_COMMANDS:
+            link = dst / name
+            if not link.exists():
+                link.symlink_to(src / name)
+        dirs.append(str(dst))
+    return os.pathsep.join(dirs)
+
+
+def _hide_slurm() -> None:
+    import atexit
+    import shutil
+    import tempfile
+
+    farm = Path(tempfile.mkdtemp(prefix="suite-path-"))
+    atexit.register(shutil.rmtree, farm, ignore_errors=True)
+    os.environ["PATH"] = path_without_slurm(ORIGINAL_PATH, farm)
+
+
+_hide_slurm()
+
 
 @pytest.fixture
 def compose_cfg(tmp_path):
