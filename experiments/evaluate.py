@@ -33,7 +33,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                 "pass ckpt_path=<run dir>/checkpoints/<file>.ckpt"
             )
         trainer = run.trainer(instantiate_group(cfg.get("callbacks"), "callback"), run.loggers())
-        pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the test draws the same noise however fit ran
+        pl.seed_everything(
+            cfg.seed, workers=True, verbose=False
+        )  # the test draws the same noise however fit ran
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
         metrics = split_metrics(trainer.callback_metrics, ("test",))
         run.finish(trainer, metrics, model, datamodule)

@@ -117,7 +117,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 log.warning(
                     "No checkpoint was written (fast_dev_run or checkpointing disabled): testing the current weights."
                 )
-            pl.seed_everything(cfg.seed, workers=True, verbose=False)  # the test draws the same noise however fit ran
+            pl.seed_everything(
+                cfg.seed, workers=True, verbose=False
+            )  # the test draws the same noise however fit ran
             trainer.test(model, datamodule=datamodule, ckpt_path=tested, verbose=False)
             metrics.update(split_metrics(trainer.callback_metrics, ("test",)))
         if requested():

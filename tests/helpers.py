@@ -26,7 +26,9 @@ class SignalAt(pl.Callback):
     (`on_fit_start`: start-up; `on_train_end`: between fit and test). Added with
     `+callbacks.signal_at._target_=tests.helpers.SignalAt +callbacks.signal_at.step=N ...marker=<file>`."""
 
-    def __init__(self, marker: str, step: int | None = None, hook: str | None = None, signal: str = "SIGUSR1"):
+    def __init__(
+        self, marker: str, step: int | None = None, hook: str | None = None, signal: str = "SIGUSR1"
+    ):
         self.step, self.hook, self.marker, self.signal = step, hook, Path(marker), signal
 
     def _send(self, trainer) -> None:

@@ -104,7 +104,9 @@ def test_improving_epoch_links_last_to_best_and_later_epochs_replace_it(tmp_path
 
 
 def test_link_last_false_writes_two_files(tmp_path):
-    cb = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss", save_last=True, link_last=False)
+    cb = ModelCheckpoint(
+        dirpath=tmp_path, filename="best", monitor="val/loss", save_last=True, link_last=False
+    )
     fit(ScriptedValLoss([1.0]), cb, epochs=1)
     assert not os.path.samefile(tmp_path / "best.ckpt", tmp_path / "last.ckpt")
     assert epoch_of(tmp_path / "last.ckpt") == 0
