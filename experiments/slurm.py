@@ -118,6 +118,37 @@ def require_sbatch() -> None:
         )
 
 
+def check_request(
+    tasks_per_node: int, cpus_per_task: int | None, gpus_per_node: int | None, partition: str | None
+) -> None:
+    """Refuses a launcher request that no node of the partition can hold (SLURM would accept it and let it
+    pend forever, `Reason=PartitionConfig`), or GPUs where the partition has no GPU GRES (`sbatch: error:
+    Invalid generic resource (gres) specification`). Says nothing where `sinfo` cannot answer."""
+    cmd = ["sinfo", "-h", "-N", "-o", "%c|%G"] + (["-p", str(partition)] if partition else [])
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    rows = [line.split("|", 1) for line in res.stdout.split() if "|" in line]
+    if res.returncode != 0 or not rows:
+        return
+    where = f"partition {partition!r}" if partition else "the default partition"
+    max_cpus = max(int(c) for c, _ in rows if c.isdigit())
+    if gpus_per_node and not any("gpu" in g for _, g in rows):
+        raise ValueError(
+            f"The launcher asks for {gpus_per_node} GPU(s) per node, but no node of {where} has GPUs (GRES "
+            f"{sorted({g for _, g in rows})}). On CPU nodes use hydra/launcher=slurm_cpu (and trainer=cpu or "
+            "ddp_cpu), or pick a GPU partition with hydra.launcher.partition=<name>."
+        )
+    cpus = int(tasks_per_node) * int(cpus_per_task or 1)
+    if cpus > max_cpus:
+        raise ValueError(
+            f"The launcher asks for {tasks_per_node} task(s) x {cpus_per_task or 1} CPU(s) = {cpus} CPUs per "
+            f"node, but the largest node of {where} has {max_cpus}: SLURM would keep the job pending forever "
+            "(Reason=PartitionConfig). Lower hydra.launcher.cpus_per_task or trainer.devices."
+        )
+
+
 # ------------------------------------------------------------------------------------- the record
 SLURM_KEYS = (
     "SLURM_CLUSTER_NAME",

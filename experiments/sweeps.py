@@ -34,17 +34,22 @@ def run_job(fn: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> di
 
 
 class SweepSummary(Callback):
-    """Before a multirun: refuses the SLURM launcher where SLURM is missing (before any job is submitted).
+    """Before a multirun: refuses the SLURM launcher where SLURM is missing or no node can hold the request
+    (before any job is submitted).
     After it: a table of every job (switches, status, error, test metrics) printed and written to
     `<sweep dir>/sweep_summary.md`; exits with status 1 if any job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from experiments.slurm import require_sbatch
+        from experiments.slurm import check_request, require_sbatch
 
-        if "SlurmLauncher" in str(config.hydra.launcher.get("_target_", "")):
+        launcher = config.hydra.launcher
+        if "SlurmLauncher" in str(launcher.get("_target_", "")):
             try:
                 require_sbatch()
-            except RuntimeError as err:  # Hydra turns exceptions of callbacks into warnings: exit instead
+                check_request(
+                    launcher.tasks_per_node, launcher.cpus_per_task, launcher.gpus_per_node, launcher.partition
+                )
+            except (RuntimeError, ValueError) as err:  # Hydra turns exceptions of callbacks into warnings: exit
                 log.error("%s", err)
                 raise SystemExit(2) from err
 
