@@ -135,6 +135,7 @@ class Run:
         self.info = rd.new_run_info(
             self.run_dir, Path(self.cfg.paths.root_dir), self.task, self.cfg.get("seed"), hydra_overrides()
         )
+        slurm.confirm_requeue(self.info)
         self.info["experiment"] = self.cfg.get("name")
         self.info["sweep"] = self.sweep
         self._write_info()
@@ -194,8 +195,11 @@ class Run:
 
     def requeued(self, signal_name: str, checkpoint: Path | None, requeue_error: str | None) -> None:
         """Records an invocation stopped by a SLURM signal. `requeued`: SLURM runs the job again, which
-        resumes here; `interrupted`: it will not (the requeue failed, or the job was cancelled)."""
+        resumes here; `interrupted`: it will not (the requeue failed); `terminated`: SIGTERM, and SLURM has not
+        said yet whether it requeues or cancels the job (a restart turns it into `requeued`)."""
         state = "requeued" if requeue_error is None else "interrupted"
+        if signal_name == "SIGTERM" and requeue_error is not None:
+            state = "terminated"
         self.info.update(
             status=state,
             finished=rd.now(),

@@ -205,6 +205,8 @@ def check_submission(
     if theirs is None:
         return
     same = theirs.get("cluster") == mine["cluster"] and str(theirs.get("job")) == str(mine["job"])
+    if same and theirs.get("restart") == mine["restart"]:
+        return  # this very invocation: another DDP rank wrote it first
     where = previous.get("run_dir", "the run directory")
     owner = (
         f"job {theirs.get('job')} of cluster {theirs.get('cluster')!r} (started {previous.get('started')}, "
@@ -222,6 +224,22 @@ def check_submission(
             f"{mine['cluster']!r}, not a requeue). Refusing to train into it: choose another hydra.run.dir, or "
             "pass ckpt_path=last (or a checkpoint path) to continue that run on purpose."
         )
+
+
+def confirm_requeue(info: dict[str, Any], env: Mapping[str, str] = os.environ) -> None:
+    """In a restarted job: the invocation before this one was requeued, whatever it could record when it was
+    stopped (SIGTERM leaves it `terminated`, a node failure or SIGKILL leaves it `running`)."""
+    mine = submission(env)
+    earlier = info.get("previous_invocations") or []
+    if mine is None or mine["restart"] == 0 or not earlier:
+        return
+    last = earlier[-1]
+    theirs = last.get("submission") or {}
+    if theirs.get("job") == mine["job"] and theirs.get("restart") == mine["restart"] - 1:
+        if last.get("status") in ("running", "terminated", "failed"):
+            last["status_recorded"] = last.get("status")
+            last["status"] = "requeued"
+            last["requeue_confirmed_by"] = f"restart {mine['restart']} of job {mine['job']}"
 
 
 def _old_job(previous: Mapping[str, Any]) -> str | None:

@@ -47,9 +47,15 @@ class SweepSummary(Callback):
             try:
                 require_sbatch()
                 check_request(
-                    launcher.tasks_per_node, launcher.cpus_per_task, launcher.gpus_per_node, launcher.partition
+                    launcher.tasks_per_node,
+                    launcher.cpus_per_task,
+                    launcher.gpus_per_node,
+                    launcher.partition,
                 )
-            except (RuntimeError, ValueError) as err:  # Hydra turns exceptions of callbacks into warnings: exit
+            except (
+                RuntimeError,
+                ValueError,
+            ) as err:  # Hydra turns exceptions of callbacks into warnings: exit
                 log.error("%s", err)
                 raise SystemExit(2) from err
 

@@ -141,7 +141,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def stop_for_slurm(run: Run, signal_name: str, checkpoint: Path | None) -> None:
     """Ends an invocation that SLURM signalled: record, close W&B, requeue (SIGUSR1 only; after SIGTERM
-    SLURM itself requeues or cancels), exit 0 without a result."""
+    SLURM itself requeues or cancels), exit without a result (0 after a requeue, 143 after SIGTERM)."""
     import signal as _signal
 
     _signal.signal(_signal.SIGTERM, _signal.SIG_IGN)  # the requeue terminates this job step: finish first
@@ -159,11 +159,8 @@ def stop_for_slurm(run: Run, signal_name: str, checkpoint: Path | None) -> None:
             run.requeued(signal_name, checkpoint, error)
     else:
         state = job_state() or ""
-        run.requeued(
-            signal_name,
-            checkpoint,
-            None if "REQUEUE" in state or state == "PENDING" else f"job {state or 'ended'}",
-        )
+        requeue = "REQUEUE" in state or state == "PENDING"
+        run.requeued(signal_name, checkpoint, None if requeue else f"SIGTERM with the job {state or 'ended'}")
     where = f"; state saved in {checkpoint}" if checkpoint else ""
     if error:
         log.error(
@@ -173,6 +170,11 @@ def stop_for_slurm(run: Run, signal_name: str, checkpoint: Path | None) -> None:
             where,
         )
         raise SystemExit(1)
+    if signal_name == "SIGTERM":
+        log.warning(
+            "SLURM SIGTERM: stopped%s. If SLURM requeues the job, it resumes in %s.", where, run.run_dir
+        )
+        raise SystemExit(128 + 15)  # a SIGTERMed job step exits as such; SLURM records REQUEUED or CANCELLED
     log.warning(
         "SLURM %s: stopped at a batch boundary%s; the job is requeued and resumes in %s.",
         signal_name,

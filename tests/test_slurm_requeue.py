@@ -51,17 +51,22 @@ def straight(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "how",
-    [{"step": 15}, {"hook": "on_fit_start"}, {"hook": "on_train_end"}],
-    ids=["mid-epoch", "start-up", "between-fit-and-test"],
+    [{"step": 15}, {"hook": "on_fit_start"}, {"hook": "on_train_end"}, {"step": 15, "signal": "SIGTERM"}],
+    ids=["mid-epoch", "start-up", "between-fit-and-test", "sigterm-mid-epoch"],
 )
 def test_requeue_signal_checkpoints_and_the_restart_continues_bit_for_bit(tmp_path, straight, how):
     run = tmp_path / "run"
     args = [*SMALL, f"hydra.run.dir={run}", *_signal_at(tmp_path / "signalled", **how)]
     first = run_cli("train", *args, env=JOB)
-    assert first.returncode == 1, first.stderr[-3000:]  # no scontrol here: the requeue itself failed...
     info = json.loads((run / "run_info.json").read_text())
-    assert info["status"] == "interrupted" and info["requeue"]["signal"] == "SIGUSR1"
-    assert "scontrol requeue 4242" in info["requeue"]["error"]
+    sigterm = how.get("signal") == "SIGTERM"
+    if sigterm:  # scancel, `scontrol requeue`, preemption: SLURM decides; no squeue here to ask
+        assert first.returncode == 143, first.stderr[-3000:]
+        assert info["status"] == "terminated" and info["requeue"]["signal"] == "SIGTERM"
+    else:
+        assert first.returncode == 1, first.stderr[-3000:]  # no scontrol here: the requeue itself failed...
+        assert info["status"] == "interrupted" and info["requeue"]["signal"] == "SIGUSR1"
+        assert "scontrol requeue 4242" in info["requeue"]["error"]
     assert info["submission"] == {"cluster": "fake", "job": "4242", "restart": 0}
     saved = run / "checkpoints" / "requeue.ckpt"
     if "step" in how:  # ...but the state at the batch boundary was saved
@@ -76,7 +81,11 @@ def test_requeue_signal_checkpoints_and_the_restart_continues_bit_for_bit(tmp_pa
     assert again.returncode == 0, again.stderr[-3000:]
     info = json.loads((run / "run_info.json").read_text())
     assert info["status"] == "completed" and info["slurm"]["SLURM_RESTART_COUNT"] == "1"
-    assert info["previous_invocations"][-1]["status"] == "interrupted"
+    prev = info["previous_invocations"][-1]
+    if sigterm:  # the restart proves SLURM requeued it
+        assert prev["status"] == "requeued" and prev["status_recorded"] == "terminated"
+    else:
+        assert prev["status"] == "interrupted"
     if "step" in how:
         assert info["resumed_from"] == str(saved)
     assert "not resumable" not in again.stderr

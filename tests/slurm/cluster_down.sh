@@ -86,4 +86,14 @@ for line in "${lines[@]}"; do
         [[ $(cat "/proc/$p/comm" 2>/dev/null) == slurmstepd ]] && kill -KILL "$p" 2>/dev/null
     done
 done
+
+# 3. Job processes that outlived their step daemon (e.g. blocked in a system call when SIGTERM came): every
+#    process whose environment names this cluster's slurm.conf (slurmd exports SLURM_CONF into each job).
+for env in /proc/[0-9]*/environ; do
+    p=${env#/proc/}; p=${p%/environ}
+    [[ $p == "$$" ]] && continue
+    if tr '\0' '\n' <"$env" 2>/dev/null | grep -qxF "SLURM_CONF=$DIR/slurm.conf"; then
+        [[ $(tr '\0' '\n' <"$env" 2>/dev/null | grep -c '^SLURM_JOB_ID=') -gt 0 ]] && kill -KILL "$p" 2>/dev/null
+    fi
+done
 exit 0
