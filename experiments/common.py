@@ -128,10 +128,12 @@ class Run:
         quiet_known_noise()
         self.run_dir = Path(self.cfg.paths.output_dir)
         self.sweep = sweep_context()
-        # a SLURM job may only enter a run directory of its own submission (checked before any write)
-        slurm.check_submission(
-            rd.read_run_info(self.run_dir), explicit_resume=self.cfg.get("ckpt_path") is not None
-        )
+        # a SLURM job may only enter a run directory of its own submission (checked before any write, by rank
+        # zero: the other ranks of this invocation find the record rank zero has just written)
+        if is_rank_zero():
+            slurm.check_submission(
+                rd.read_run_info(self.run_dir), explicit_resume=self.cfg.get("ckpt_path") is not None
+            )
         self.info = rd.new_run_info(
             self.run_dir, Path(self.cfg.paths.root_dir), self.task, self.cfg.get("seed"), hydra_overrides()
         )

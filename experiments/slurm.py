@@ -205,8 +205,6 @@ def check_submission(
     if theirs is None:
         return
     same = theirs.get("cluster") == mine["cluster"] and str(theirs.get("job")) == str(mine["job"])
-    if same and theirs.get("restart") == mine["restart"]:
-        return  # this very invocation: another DDP rank wrote it first
     where = previous.get("run_dir", "the run directory")
     owner = (
         f"job {theirs.get('job')} of cluster {theirs.get('cluster')!r} (started {previous.get('started')}, "

@@ -122,7 +122,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             )  # the test draws the same noise however fit ran
             trainer.test(model, datamodule=datamodule, ckpt_path=tested, verbose=False)
             metrics.update(split_metrics(trainer.callback_metrics, ("test",)))
-        if in_slurm_batch_job():  # nothing left to requeue: a later SIGUSR1 (even at interpreter exit) is moot
+        if (
+            in_slurm_batch_job()
+        ):  # nothing left to requeue: a later SIGUSR1 (even at interpreter exit) is moot
             import signal as _signal
 
             _signal.signal(_signal.SIGUSR1, _signal.SIG_IGN)

@@ -92,7 +92,8 @@ done
 for env in /proc/[0-9]*/environ; do
     p=${env#/proc/}; p=${p%/environ}
     [[ $p == "$$" ]] && continue
-    if tr '\0' '\n' <"$env" 2>/dev/null | grep -qxF "SLURM_CONF=$DIR/slurm.conf"; then
+    [[ -r $env ]] || continue
+    if { tr '\0' '\n' <"$env"; } 2>/dev/null | grep -qxF "SLURM_CONF=$DIR/slurm.conf"; then
         [[ $(tr '\0' '\n' <"$env" 2>/dev/null | grep -c '^SLURM_JOB_ID=') -gt 0 ]] && kill -KILL "$p" 2>/dev/null
     fi
 done
