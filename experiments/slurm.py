@@ -29,10 +29,11 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from pytorch_lightning.callbacks import Callback
 
 log = logging.getLogger("experiments")
 
@@ -280,20 +281,19 @@ def remove_superseded(run_dir: Path) -> list[Path]:
 
 # ------------------------------------------------------------------------------------- signals
 class _Request:
-    """Process-wide: which signal asked this job to stop, and when (set by the handlers only)."""
+    """Process-wide: which signal asked this job to stop (set by the handlers only)."""
 
     signal: str | None = None
-    at: float | None = None
     fit_running = False
 
     @classmethod
     def mark(cls, name: str) -> None:
         if cls.signal is None or name == "SIGTERM":
-            cls.signal, cls.at = name, time.time()
+            cls.signal = name
 
     @classmethod
     def clear(cls) -> None:
-        cls.signal, cls.at = None, None
+        cls.signal = None
 
 
 class Requeued(SystemExit):
@@ -379,18 +379,11 @@ class RequeueRequested(Exception):
         self.checkpoint = checkpoint
 
 
-try:
-    from pytorch_lightning.callbacks import Callback as _Callback
-except ImportError:  # pragma: no cover - the suite always has Lightning
-    _Callback = object  # type: ignore[assignment,misc]
-
-
-class SlurmRequeue(_Callback):
+class SlurmRequeue(Callback):
     """Acts on a requeue or termination signal at a training-batch boundary (module docstring)."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
-        self.saved: Path | None = None
 
     # Lightning installs its own SIGTERM handler when each stage starts; the suite's replaces it again.
     def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None:
@@ -415,7 +408,6 @@ class SlurmRequeue(_Callback):
             return
         path = self.run_dir / "checkpoints" / REQUEUE_CHECKPOINT
         trainer.save_checkpoint(path)
-        self.saved = path
         raise RequeueRequested(_Request.signal or "SIGUSR1", path)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:

@@ -302,26 +302,15 @@ def test_launcher_refuses_requests_no_node_can_hold(cluster, tmp_path):
         "seed=0,1",
         f"hydra.sweep.dir={tmp_path / 's'}",
     ]
-    gpu = subprocess.run(
-        [*base, "hydra/launcher=slurm", "trainer=ddp", "trainer.devices=1"],
-        capture_output=True,
-        text=True,
-        env=cluster["env"],
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert (
-        gpu.returncode == 2
-        and "has GPUs" in gpu.stderr + gpu.stdout
-        and "slurm_cpu" in gpu.stderr + gpu.stdout
-    )
-    big = subprocess.run(
-        [*base, "hydra/launcher=slurm_cpu", "trainer=cpu", "hydra.launcher.cpus_per_task=64"],
-        capture_output=True,
-        text=True,
-        env=cluster["env"],
-        cwd=tmp_path,
-        timeout=120,
-    )
-    assert big.returncode == 2 and "pending forever" in big.stderr + big.stdout
+
+    def sweep(*overrides):
+        res = subprocess.run(
+            [*base, *overrides], capture_output=True, text=True, env=cluster["env"], cwd=tmp_path, timeout=120
+        )
+        return res.returncode, res.stderr + res.stdout
+
+    rc, out = sweep("hydra/launcher=slurm", "trainer=ddp", "trainer.devices=1")
+    assert rc == 2 and "has GPUs" in out and "slurm_cpu" in out
+    rc, out = sweep("hydra/launcher=slurm_cpu", "trainer=cpu", "hydra.launcher.cpus_per_task=64")
+    assert rc == 2 and "pending forever" in out
     assert not (tmp_path / "s").exists()
