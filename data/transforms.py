@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.errors import ConfigError, InputError
+
 VALUE_RANGES = ((0.0, 1.0), (-1.0, 1.0))
 
 
@@ -25,14 +27,14 @@ def _pair(value: Any, name: str) -> tuple[int, int] | None:
         value = (value, value)
     value = tuple(int(v) for v in value)
     if len(value) != 2 or min(value) < 1:
-        raise ValueError(f"{name} must be null, a positive int or [height, width], got {value}")
+        raise ConfigError(f"{name} must be null, a positive int or [height, width], got {value}")
     return value  # type: ignore[return-value]
 
 
 def check_value_range(value_range: Any) -> tuple[float, float]:
     vr = tuple(float(v) for v in value_range)
     if vr not in VALUE_RANGES:
-        raise ValueError(f"value_range must be [0, 1] or [-1, 1], got {list(value_range)}")
+        raise ConfigError(f"value_range must be [0, 1] or [-1, 1], got {list(value_range)}")
     return vr  # type: ignore[return-value]
 
 
@@ -68,7 +70,7 @@ def sample_crop_flip(
     h, w = size_hw
     ch, cw = crop_hw or (h, w)
     if ch > h or cw > w:
-        raise ValueError(f"{where}: crop {ch}x{cw} (h x w) is larger than the image {h}x{w}")
+        raise ConfigError(f"{where}: crop {ch}x{cw} (h x w) is larger than the image {h}x{w}")
     top = int(rng.integers(0, h - ch + 1))
     left = int(rng.integers(0, w - cw + 1))
     return CropFlip(top, left, ch, cw, bool(hflip and rng.random() < 0.5), bool(vflip and rng.random() < 0.5))
@@ -133,7 +135,7 @@ class PairTransform:
         if self.resize is not None:
             low, high = resize_uint8(low, self.resize), resize_uint8(high, self.resize)
         if not self.independent and low.shape != high.shape:
-            raise ValueError(
+            raise InputError(
                 f"{where}: low is {low.shape[1]}x{low.shape[0]} but high is {high.shape[1]}x{high.shape[0]}"
             )
         params: dict[str, CropFlip | None] = {"low": None, "high": None}

@@ -11,13 +11,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from core.errors import MissingFileError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO_ROOT / "configs"
 
 
 def _check_config_dir() -> None:
     if not (CONFIG_DIR / "train.yaml").is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"The suite's configs were not found at {CONFIG_DIR}. The entry points read configs/ from the clone "
             "they were installed from: install with `pip install -e .` inside a clone of the repository."
         )

@@ -17,6 +17,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from core.errors import InputError
+
 log = logging.getLogger("experiments")
 PROTOCOL_KEYS = ("feature_network", "num_generated", "num_real", "real_split", "min_samples", "comparable")
 
@@ -48,7 +50,7 @@ def fid_table(jobs: list[dict[str, Any]]) -> str:
     for j in jobs[1:]:
         if j["fid_protocol"] != first:
             diff = [k for k in PROTOCOL_KEYS if j["fid_protocol"].get(k) != first.get(k)]
-            raise ValueError(
+            raise InputError(
                 f"job {j['job']} used another FID protocol than job {jobs[0]['job']} ({diff}): not tabulated together"
             )
     steps = sorted({j["steps"] for j in jobs})

@@ -35,6 +35,8 @@ from typing import Any
 
 from pytorch_lightning.callbacks import Callback
 
+from core.errors import ConfigError
+
 log = logging.getLogger("experiments")
 
 REQUEUE_CHECKPOINT = "requeue.ckpt"  # in <run dir>/checkpoints/
@@ -90,7 +92,7 @@ def check_allocation(devices: Any, num_nodes: int, env: Mapping[str, str] = os.e
     if int(num_nodes) != nnodes:
         problems.append(f"trainer.num_nodes={num_nodes} but the job has {nnodes} node(s) (--nodes)")
     if problems:
-        raise ValueError(
+        raise ConfigError(
             "The trainer does not match the SLURM allocation of job "
             f"{env.get('SLURM_JOB_ID')}: {'; '.join(problems)}. Lightning runs one task per device: set "
             "trainer.devices=<tasks per node> trainer.num_nodes=<nodes>, or change the sbatch/launcher request."
@@ -112,7 +114,7 @@ def threads_from_allocation(env: Mapping[str, str] = os.environ) -> int | None:
 
 def require_sbatch() -> None:
     if shutil.which("sbatch") is None:
-        raise RuntimeError(
+        raise ConfigError(
             "hydra/launcher=slurm (or slurm_cpu) submits jobs with SLURM's `sbatch`, which is not on this "
             "machine's PATH. Run the same sweep here with hydra/launcher=submitit_local (one local process "
             "per job), or submit from a SLURM login node."
@@ -136,14 +138,14 @@ def check_request(
     where = f"partition {partition!r}" if partition else "the default partition"
     max_cpus = max(int(c) for c, _ in rows if c.isdigit())
     if gpus_per_node and not any("gpu" in g for _, g in rows):
-        raise ValueError(
+        raise ConfigError(
             f"The launcher asks for {gpus_per_node} GPU(s) per node, but no node of {where} has GPUs (GRES "
             f"{sorted({g for _, g in rows})}). On CPU nodes use hydra/launcher=slurm_cpu (and trainer=cpu or "
             "ddp_cpu), or pick a GPU partition with hydra.launcher.partition=<name>."
         )
     cpus = int(tasks_per_node) * int(cpus_per_task or 1)
     if cpus > max_cpus:
-        raise ValueError(
+        raise ConfigError(
             f"The launcher asks for {tasks_per_node} task(s) x {cpus_per_task or 1} CPU(s) = {cpus} CPUs per "
             f"node, but the largest node of {where} has {max_cpus}: SLURM would keep the job pending forever "
             "(Reason=PartitionConfig). Lower hydra.launcher.cpus_per_task or trainer.devices."

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import ConfigError
 from lit_modules.nets.classifier import MNISTConvNet
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -39,7 +40,7 @@ MIN_SAMPLES = 500
 FEATURES = ("mnist_classifier", "inception")
 
 
-class FIDProtocolError(ValueError):
+class FIDProtocolError(ConfigError):
     """An FID request that the protocol refuses (too few samples, unknown feature network)."""
 
 
@@ -156,28 +157,30 @@ class FIDProtocol:
     feature: str = "mnist_classifier"
     allow_below_minimum: bool = False
     min_samples: int = MIN_SAMPLES
+    # how the entry point spells the keys in messages: `model.fid_` (train/evaluate), `fid.` (sample)
+    keys: tuple[str, str, str] = ("fid.feature", "fid.num_samples", "fid.allow_below_minimum")
 
     def check(self) -> None:
         """Raises before any work when the request is one the protocol refuses."""
+        feature, num, allow = self.keys
         if self.feature not in FEATURES:
-            raise FIDProtocolError(f"fid.feature={self.feature!r} is not one of {list(FEATURES)}")
+            raise FIDProtocolError(f"{feature}={self.feature!r} is not one of {list(FEATURES)}")
         if self.num_samples < 2:
-            raise FIDProtocolError(
-                f"fid.num_samples={self.num_samples}: FID needs at least 2 generated images"
-            )
+            raise FIDProtocolError(f"{num}={self.num_samples}: FID needs at least 2 generated images")
         if self.num_samples < self.min_samples and not self.allow_below_minimum:
             raise FIDProtocolError(
-                f"fid.num_samples={self.num_samples} is below the protocol's minimum of {self.min_samples} generated "
-                f"images. Use >= {self.min_samples}, or set fid.allow_below_minimum=true to compute it anyway (the "
-                "number is then labelled not comparable in metrics.json)."
+                f"{num}={self.num_samples} is below the FID protocol's minimum of {self.min_samples} generated "
+                f"images. Use >= {self.min_samples}, set {allow}=true to compute it anyway (the number is then "
+                "labelled not comparable in metrics.json), or expensive_metrics=false to skip the FID."
             )
 
     def check_real(self, num_real: int) -> None:
+        _, _, allow = self.keys
         if num_real < self.min_samples and not self.allow_below_minimum:
             raise FIDProtocolError(
-                f"the test split has {num_real} real images, below the FID protocol's minimum of {self.min_samples}. "
-                "Use a larger test split, or set fid.allow_below_minimum=true (the number is then labelled not "
-                "comparable)."
+                f"the test split has {num_real} real images (as limited by the trainer), below the FID protocol's "
+                f"minimum of {self.min_samples}. Use a larger test split, set {allow}=true (the number is then "
+                "labelled not comparable), or expensive_metrics=false to skip the FID."
             )
 
     def metric(self):

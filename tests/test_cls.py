@@ -242,4 +242,4 @@ def test_prepare_checks_the_clean_images(tmp_path, compose_cfg, capsys):
         ["data=deblur", "data.source=folder", f"data.path={tmp_path / 'none'}"],
         run_dir=tmp_path / "q",
     )
-    assert prepare(bad) == 1
+    assert prepare(bad) == 2

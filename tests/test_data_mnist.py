@@ -132,9 +132,8 @@ def test_local_imagefolder_layout(tmp_path, embedded):
 
 
 def test_missing_local_path_names_path_and_expected_files(tmp_path):
-    dm = MNISTDataModule(source="local", path=str(tmp_path / "nope"))
-    with pytest.raises(FileNotFoundError) as err:
-        dm.setup()
+    with pytest.raises(FileNotFoundError) as err:  # refused when built, before any work
+        MNISTDataModule(source="local", path=str(tmp_path / "nope"))
     msg = str(err.value)
     assert str(tmp_path / "nope") in msg and "train-images-idx3-ubyte" in msg and "parquet" in msg
 
@@ -142,7 +141,7 @@ def test_missing_local_path_names_path_and_expected_files(tmp_path):
 def test_unrecognised_local_folder_lists_what_it_holds(tmp_path):
     (tmp_path / "readme.txt").write_text("hello")
     with pytest.raises(FileNotFoundError, match="readme.txt"):
-        MNISTDataModule(source="local", path=str(tmp_path)).setup()
+        MNISTDataModule(source="local", path=str(tmp_path))
 
 
 def test_malformed_idx_names_the_file(tmp_path, embedded):

@@ -112,7 +112,7 @@ def test_prepare_reports_problems_and_exit_status(tmp_path, compose_cfg, capsys)
     bad = compose_cfg(
         "prepare", ["data.source=local", f"data.path={tmp_path / 'LOL'}"], run_dir=tmp_path / "p2"
     )
-    assert prepare(bad) == 1
+    assert prepare(bad) == 2
     out = capsys.readouterr().out
     assert "1 low image(s) without a high partner: eval15/low/2.png" in out
     report = json.loads((tmp_path / "p2" / "check.json").read_text())

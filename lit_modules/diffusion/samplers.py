@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from core.errors import ConfigError
 from lit_modules.diffusion.schedules import PREDICTION_TYPES, to_x0_eps
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -69,7 +70,7 @@ def timestep_schedule(num_train_timesteps: int, steps: int, spacing: str = "trai
     elif spacing == "linspace":
         ts = np.linspace(0, num_train_timesteps - 1, steps).round()[::-1].astype(np.int64)
     else:
-        raise ValueError(f"unknown timestep spacing {spacing!r}; valid: {list(SPACINGS)}")
+        raise ConfigError(f"unknown timestep spacing {spacing!r}; valid: {list(SPACINGS)}")
     out = [int(t) for t in ts]
     assert len(out) == steps and all(a > b for a, b in zip(out, out[1:])), (spacing, steps, out[:5])
     return out
@@ -77,14 +78,14 @@ def timestep_schedule(num_train_timesteps: int, steps: int, spacing: str = "trai
 
 def check_steps(steps: int, num_train_timesteps: int) -> None:
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= num_train_timesteps:
-        raise ValueError(
+        raise ConfigError(
             f"steps={steps!r}: must be an integer between 1 and the model's training T={num_train_timesteps}"
         )
 
 
 def check_sampler(name: str) -> None:
     if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
+        raise ConfigError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
 
 
 def _levels(timesteps: Sequence[int], alphas_cumprod: torch.Tensor) -> list[tuple[int, float, float]]:
@@ -134,7 +135,7 @@ def ancestral_loop(
       3. x_prev = mu + sigma z, z ~ N(0, I); no noise on the last step (Algorithm 2, line 3), whose mean is x0_hat.
     """
     if variance not in ("small", "large"):
-        raise ValueError(f"variance={variance!r}: valid are 'small' (beta_tilde) and 'large' (beta)")
+        raise ConfigError(f"variance={variance!r}: valid are 'small' (beta_tilde) and 'large' (beta)")
     levels = _levels(timesteps, alphas_cumprod)
     for i, (t, abar, abar_prev) in enumerate(_progress(levels, f"ancestral ({variance})", progress)):
         x0, _ = _predict(denoiser, x, t, abar, prediction_type, clip_x0)
@@ -170,7 +171,7 @@ def ddim_loop(
       4. x_prev = sqrt(abar_prev) x0_hat + direction + sigma z                             (eq. 12)
     """
     if eta < 0:
-        raise ValueError(f"eta={eta}: must be >= 0")
+        raise ConfigError(f"eta={eta}: must be >= 0")
     levels = _levels(timesteps, alphas_cumprod)
     for i, (t, abar, abar_prev) in enumerate(_progress(levels, f"ddim (eta={eta:g})", progress)):
         x0, eps = _predict(denoiser, x, t, abar, prediction_type, clip_x0)
@@ -273,7 +274,7 @@ def sample(
     chosen by `spacing` (see `timestep_schedule`). `eta` only affects `ddim`."""
     check_sampler(sampler)
     if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"unknown prediction_type {prediction_type!r}; valid: {list(PREDICTION_TYPES)}")
+        raise ConfigError(f"unknown prediction_type {prediction_type!r}; valid: {list(PREDICTION_TYPES)}")
     timesteps = timestep_schedule(len(alphas_cumprod), steps, spacing)
     noise = PerImageNoise(seeds, shape, device)
     x = noise()  # x_T, the first draw of every image's generator

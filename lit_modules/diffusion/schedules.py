@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from core.errors import ConfigError
+
 PREDICTION_TYPES = ("eps", "x0", "v")
 SCHEDULES = ("linear", "cosine")
 
@@ -26,7 +28,7 @@ def linear_betas(num_timesteps: int, beta_start: float = 1e-4, beta_end: float =
 
     For T != 1000 the end points are rescaled by 1000/T (IDDPM's convention), so the total noise is alike."""
     if num_timesteps < 1:
-        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+        raise ConfigError(f"num_timesteps must be >= 1, got {num_timesteps}")
     scale = 1000.0 / num_timesteps
     return torch.linspace(scale * beta_start, scale * beta_end, num_timesteps, dtype=torch.float64)
 
@@ -51,7 +53,7 @@ def make_betas(schedule: str, num_timesteps: int) -> torch.Tensor:
         return linear_betas(num_timesteps)
     if schedule == "cosine":
         return cosine_betas(num_timesteps)
-    raise ValueError(f"unknown noise schedule {schedule!r}; valid: {list(SCHEDULES)}")
+    raise ConfigError(f"unknown noise schedule {schedule!r}; valid: {list(SCHEDULES)}")
 
 
 def alphas_cumprod_from_betas(betas: torch.Tensor) -> torch.Tensor:
@@ -130,7 +132,7 @@ def training_target(
         return x0
     if prediction_type == "v":
         return v_from_x0_eps(x0, eps, abar)
-    raise ValueError(f"unknown prediction_type {prediction_type!r}; valid: {list(PREDICTION_TYPES)}")
+    raise ConfigError(f"unknown prediction_type {prediction_type!r}; valid: {list(PREDICTION_TYPES)}")
 
 
 def to_x0_eps(
@@ -143,4 +145,4 @@ def to_x0_eps(
         return prediction, eps_from_x0(xt, prediction, abar)
     if prediction_type == "v":
         return x0_eps_from_v(xt, prediction, abar)
-    raise ValueError(f"unknown prediction_type {prediction_type!r}; valid: {list(PREDICTION_TYPES)}")
+    raise ConfigError(f"unknown prediction_type {prediction_type!r}; valid: {list(PREDICTION_TYPES)}")

@@ -31,14 +31,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.errors import UserError
+
 log = logging.getLogger(__name__)
 
 PROMPTS = ("low light image", "high light image")  # index 0 = low light, 1 = high light (released order)
 FILE_FORMAT = "suite-clip-image-text/1"
-DISABLE_HINT = "or disable the component with model.components.text_discriminator=false"
+DISABLE_HINT = (
+    "or disable the component with model.components.text_discriminator=false (to check that the code runs, "
+    "e.g. with debug=fdr, model.text_discriminator.backend=random model.text_discriminator.arch=tiny stands in "
+    "with random weights)"
+)
 
 
-class TextBackendUnavailable(RuntimeError):
+class TextBackendUnavailable(UserError, RuntimeError):
     """The text-driven discriminator is enabled but no image/text encoder can be built."""
 
 
