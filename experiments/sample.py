@@ -1,9 +1,9 @@
 """`python -m experiments.sample ckpt_path=<ckpt> sampler=<name> steps=<n> num_samples=<n> seed=<s>
-[guidance_scale=<w>] [class_label=<c>] [fid.enabled=true]`: images from a diffusion checkpoint.
+[guidance_scale=<w>] [class_label=<c>] [expensive_metrics=true]`: images from a diffusion checkpoint.
 
 Writes, in a run directory like the other entry points: `samples/grid.png` (the first `grid_size` images),
 `samples/images/seed_<seed>.png` (one file per image; `_class<c>` for class-conditional models), and
-`metrics.json` with the sampling protocol and, with `fid.enabled=true`, `test/fid` under the suite's FID
+`metrics.json` with the sampling protocol and, with `expensive_metrics=true` (older spelling `fid.enabled=true`), `test/fid` under the suite's FID
 protocol (lit_modules/fid.py; real statistics from the test split of the data the checkpoint was trained on).
 Image i has seed `seed + i` and depends only on it. Every bad request fails before any sampling work.
 `sweep=ddpm_samplers` runs this over samplers x step counts (Hydra multirun) and writes a table and a plot.
@@ -22,9 +22,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from core.errors import ConfigError
 from experiments.checkpoints import CheckpointMismatchError, check_compatible, load_checkpoint
+from experiments.cli import entry_point
 from experiments.common import Run, log
-from experiments.config import config_path
+from experiments.config_checks import check_config
 from experiments.sweeps import run_job
 
 DIFFUSION_CLASSES = ("lit_modules.ddpm.DDPM",)
@@ -61,24 +63,31 @@ def save_png(image: torch.Tensor, path: Path) -> None:
 
 
 def sample(cfg: DictConfig) -> dict[str, float]:
+    # every refusal before the run directory is written and before any sampling work
+    check_config(cfg)
+    if cfg.get("ckpt_path") is None:
+        raise ConfigError("ckpt_path is required: pass ckpt_path=<run dir>/checkpoints/<file>.ckpt")
+    for key in ("num_samples", "batch_size", "grid_size", "nrow"):  # steps: the model checks it
+        value = cfg.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"`{key}={value!r}`: expected a positive integer.")
+    model, suite = load_diffusion_model(cfg.ckpt_path)
+    model.check_sampling(cfg.sampler, cfg.steps, cfg.get("guidance_scale"), cfg.get("class_label"))
+    fid_protocol = None
+    if cfg.fid.enabled:
+        from lit_modules.fid import FIDProtocol
+
+        fid_protocol = FIDProtocol(
+            int(cfg.num_samples),
+            cfg.fid.feature,
+            bool(cfg.fid.allow_below_minimum),
+            keys=("fid.feature", "num_samples", "fid.allow_below_minimum"),
+        )
+        fid_protocol.check()
     run = Run(cfg, "sample")
     try:
         pl.seed_everything(cfg.seed, workers=True)  # the images use per-image seeds; this only pins the rest
-        if cfg.get("ckpt_path") is None:
-            raise ValueError("ckpt_path is required: pass ckpt_path=<run dir>/checkpoints/<file>.ckpt")
-        if int(cfg.num_samples) < 1:
-            raise ValueError(f"num_samples={cfg.num_samples}: must be >= 1")
-        model, suite = load_diffusion_model(cfg.ckpt_path)
         run.info["checkpoint"] = {"path": str(cfg.ckpt_path), "experiment": suite.get("experiment")}
-        model.check_sampling(cfg.sampler, cfg.steps, cfg.get("guidance_scale"), cfg.get("class_label"))
-        fid_protocol = None
-        if cfg.fid.enabled:
-            from lit_modules.fid import FIDProtocol
-
-            fid_protocol = FIDProtocol(
-                int(cfg.num_samples), cfg.fid.feature, bool(cfg.fid.allow_below_minimum)
-            )
-            fid_protocol.check()
         device = torch.device(
             "cuda"
             if cfg.device == "auto" and torch.cuda.is_available()
@@ -136,11 +145,17 @@ def sample(cfg: DictConfig) -> dict[str, float]:
         images_t = torch.cat(images)
         metrics = {"sample/wall_time_s": elapsed, "sample/images_per_second": n / elapsed}
 
-        from lit_modules.images import make_grid
+        from PIL import Image
 
+        from lit_modules.ddpm import samples_figure
+
+        # grid.png: the first grid_size images, labelled (sampler, steps, guidance, weights; seeds per row;
+        # one column per class for a conditional model without a fixed class_label)
         grid_n = min(n, int(cfg.grid_size))
-        nrow = model.num_classes if (model.num_classes and cfg.get("class_label") is None) else int(cfg.nrow)
-        save_png(make_grid(images_t[:grid_n], nrow=nrow, pad_value=1.0), out_dir / "grid.png")
+        source = f"experiment {suite['experiment']}" if suite.get("experiment") else None
+        grid = samples_figure(images_t[:grid_n], sampling, seed, model.num_classes, source, int(cfg.nrow))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid).save(out_dir / "grid.png")
         if cfg.save_individual:
             for i, img in enumerate(images_t):
                 suffix = f"_class{int(labels[i])}" if labels is not None else ""
@@ -175,7 +190,7 @@ def sample(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=config_path(), config_name="sample")
+@entry_point("sample")
 def main(cfg: DictConfig) -> float | None:
     metrics = run_job(sample, cfg)  # in a multirun, a failed job is recorded and the sweep goes on
     return (metrics or {}).get("test/fid")

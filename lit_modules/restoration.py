@@ -6,8 +6,9 @@ The base class then
   and logs `test/<method>/psnr`, `test/<method>/ssim` (or `test/psnr`, `test/ssim` for the single method "");
 - keeps one row per image and method (`per_image_rows()`, written by the entry points to
   `<run dir>/per_image.csv`);
-- logs a side-by-side PNG (input | outputs... | ground truth) for the first `num_side_by_side` test images
-  (`images/test/side_by_side/<image>.png`);
+- logs a side-by-side PNG for the first `num_side_by_side` test images (`images/test/side_by_side/<image>.png`):
+  one row input | outputs... | ground truth, each panel labelled with its method above and its PSNR against
+  the ground truth under the protocol below (`side_by_side_figure`), the image name (and group) as title;
 - reports `metric_protocol()` (the protocol and what each method is) for metrics.json, and `table_order`
   (row order of the results table the entry points write to `<run dir>/results.md`).
 
@@ -20,12 +21,15 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import numpy as np
 import torch
 
+from core.figures import figure
 from data.transforms import check_value_range
 from lit_modules.base import SuiteModule
 from lit_modules.imageops import to_unit_range
-from lit_modules.metrics.restoration import RestorationProtocol, RestorationScores
+from lit_modules.images import log_figure, psnr_text
+from lit_modules.metrics.restoration import RestorationProtocol, RestorationScores, prepare, psnr_per_image
 
 
 def image_slug(name: str) -> str:
@@ -34,7 +38,28 @@ def image_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", stem).strip("_") or "image"
 
 
+def psnr_caption(values: torch.Tensor | None, i: int) -> str | None:
+    """'PSNR 24.31 dB' for image i of (B,) PSNR values; None without values."""
+    return None if values is None else psnr_text(float(values[i]))
+
+
+def side_by_side_figure(panels: list[tuple[str, torch.Tensor, str | None]], title: str) -> np.ndarray:
+    """One row of panels (label, (C, H, W) image in [0, 1], caption or None): the label above each panel,
+    the caption (its PSNR against the ground truth) under it, `title` above all. Panels smaller than 128 px
+    are enlarged by an integer factor (pixels kept exact), so the labels fit."""
+    return figure(
+        [p[1].detach().float().clamp(0, 1).cpu() for p in panels],
+        len(panels),
+        min_size=128,
+        title=title,
+        col_labels=[p[0] for p in panels],
+        captions=[p[2] for p in panels],
+    )
+
+
 class RestorationModule(SuiteModule):
+    output_label = "output"  # the panel label of the single method "" (subclasses name their model)
+
     def __init__(
         self,
         value_range: Any = (0.0, 1.0),
@@ -92,7 +117,8 @@ class RestorationModule(SuiteModule):
             extra = {**row_extra, **((method_extra or {}).get(method) or {})}
             values[method] = self.test_scores.update(method, self.unit(out), target, names, **extra)
         self.test_scores.log(self)
-        self._log_side_by_side(batch, outputs, panels_before or {}, names, group)
+        psnr = {method: v["psnr"] for method, v in values.items()}
+        self._log_side_by_side(batch, outputs, panels_before or {}, names, group, psnr)
         return values
 
     def _log_side_by_side(
@@ -102,24 +128,52 @@ class RestorationModule(SuiteModule):
         panels_before: dict[str, torch.Tensor],
         names: list[str],
         group: str = "",
+        psnr: dict[str, torch.Tensor] | None = None,
     ) -> None:
+        """One labelled figure per image (`side_by_side_figure`), the first `num_side_by_side` per group."""
         if self._side_by_side_logged.get(group, 0) >= self.num_side_by_side:
             return
         low, high = self.unit(batch[self.input_key]), self.unit(batch[self.target_key])
         titles = [self.input_key, *panels_before, *(m or "output" for m in outputs), self.target_key]
+        before = {k: self.unit(p) for k, p in panels_before.items()}
+        outs = {m: self.unit(o) for m, o in outputs.items()}
+        # PSNR of every panel against the ground truth, as the methods are scored (protocol)
+        psnr = dict(psnr or {})
+        psnr_low = self.panel_psnr(low, high)
+        psnr_before = {k: self.panel_psnr(p, high) for k, p in before.items()}
         for i, name in enumerate(names):
             if self._side_by_side_logged.get(group, 0) >= self.num_side_by_side:
                 break
-            row = [low[i], *(self.unit(p[i]) for p in panels_before.values())]
-            row += [self.unit(o[i]) for o in outputs.values()] + [high[i]]
-            row = [p.expand(3, *p.shape[-2:]) if p.shape[0] == 1 else p for p in row]
-            self.log_image_grid(
+            panels = [(f"{self.input_key} (input)", low[i], psnr_caption(psnr_low, i))]
+            panels += [(k, p[i], psnr_caption(psnr_before[k], i)) for k, p in before.items()]
+            panels += [
+                (self.method_label(m, group), o[i], psnr_caption(psnr.get(m), i)) for m, o in outs.items()
+            ]
+            panels.append((f"{self.target_key} (ground truth)", high[i], "reference"))
+            where = f"{name}, {group}" if group and group not in name else name
+            title = f"{where}: PSNR of each panel against the ground truth"
+            log_figure(
+                self,
                 f"test/side_by_side/{image_slug(name)}",
-                torch.stack([p.clamp(0, 1) for p in row]),
-                nrow=len(row),
+                side_by_side_figure(panels, title),
                 caption=f"{name}: " + " | ".join(titles),
             )
             self._side_by_side_logged[group] = self._side_by_side_logged.get(group, 0) + 1
+
+    def method_label(self, method: str, group: str = "") -> str:
+        """The panel label of a method: its name without the group prefix (`<setting>/<method>` ->
+        `<method>`); the single method "" is `output_label`."""
+        if group and method.startswith(f"{group}/"):
+            method = method[len(group) + 1 :]
+        return method or self.output_label
+
+    def panel_psnr(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+        """(B,) PSNR in dB of [0, 1] images against the ground truth under this module's protocol (clipping,
+        GT-mean, colour, border crop, as the methods are scored); None where the sizes differ."""
+        if pred.shape != target.shape:
+            return None
+        x, y = prepare(pred, target, self.protocol)
+        return psnr_per_image(x, y, self.protocol.data_range)
 
     # ------------------------------------------------------------------ hooks and reports
     def on_test_epoch_start(self) -> None:

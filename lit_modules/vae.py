@@ -9,17 +9,23 @@ are comparable with that convention only, not with binarised-MNIST NLLs (REFEREN
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
+from core.figures import figure
 from lit_modules.base import SuiteModule
+from lit_modules.images import log_figure
+
+log = logging.getLogger(__name__)
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -97,6 +103,7 @@ class VAE(SuiteModule):
         image_every_n_epochs: int = 5,
         num_image_samples: int = 64,
         image_seed: int = 0,
+        expensive_metrics: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer"])
@@ -132,11 +139,10 @@ class VAE(SuiteModule):
         every = self.hparams.image_every_n_epochs
         if self.trainer.sanity_checking or not every or (self.current_epoch + 1) % every:
             return
-        self.log_image_grid("val/samples", self.sample_images(self.hparams.num_image_samples))
+        when = f"epoch {self.current_epoch}, step {self.global_step}"
+        log_figure(self, "val/samples", self.samples_figure(self.hparams.num_image_samples, when))
         if self._first_val_batch is not None:
-            self.log_image_grid(
-                "val/reconstructions", self.reconstruction_pairs(self._first_val_batch), nrow=8
-            )
+            log_figure(self, "val/reconstructions", self.reconstructions_figure(self._first_val_batch, when))
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x = batch[0]
@@ -144,38 +150,54 @@ class VAE(SuiteModule):
             self._first_test_batch = x[:16]
         mu, logvar = self.net.encode(x)
         log_px, mean_log_px_given_z = importance_sampled_log_likelihood(
-            partial(self._log_px_given_z, x=x), mu, logvar, self.hparams.nll_samples, self.hparams.nll_chunk
+            partial(self._log_px_given_z, x=x), mu, logvar, self.num_nll_samples, self.hparams.nll_chunk
         )
         kl = kl_standard_normal(mu, logvar)
         values = {"elbo": kl - mean_log_px_given_z, "nll": -log_px, "recon": -mean_log_px_given_z, "kl": kl}
+        if not self.hparams.expensive_metrics:
+            del values["nll"]  # K=1: the bound is the ELBO itself
         for name, value in values.items():
             self.test_metrics[name].update(value)
             self.log(f"test/{name}", self.test_metrics[name], on_step=False, on_epoch=True)
+
+    @property
+    def num_nll_samples(self) -> int:
+        """K importance samples per test image: `nll_samples`, or 1 with expensive_metrics=false."""
+        return int(self.hparams.nll_samples) if self.hparams.expensive_metrics else 1
+
+    def on_test_start(self) -> None:
+        if self.hparams.expensive_metrics and self.show_progress():
+            log.info(
+                "test/nll: importance sampling with K=%d decoder passes per test image (expensive_metrics=false "
+                "skips it and tests the single-sample ELBO)",
+                self.num_nll_samples,
+            )
 
     def _log_px_given_z(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return bernoulli_log_likelihood(self.net.decode(z), x)
 
     def on_test_epoch_end(self) -> None:
-        self.log_image_grid(
-            "test/samples", self.sample_images(self.hparams.num_image_samples), caption="z ~ N(0, I)"
+        when = f"test, step {self.global_step}"
+        log_figure(
+            self,
+            "test/samples",
+            self.samples_figure(self.hparams.num_image_samples, when),
+            caption="z ~ N(0, I)",
         )
         if self._first_test_batch is not None:
             x = self._first_test_batch
-            self.log_image_grid(
-                "test/reconstructions",
-                self.reconstruction_pairs(x[:8]),
-                nrow=8,
-                caption="rows: input, output",
+            log_figure(
+                self, "test/reconstructions", self.reconstructions_figure(x[:8], when), "rows: input, output"
             )
-            self.log_image_grid(
-                "test/interpolations",
-                self.interpolations(x[:8], x[8:16]),
-                nrow=10,
-                caption="latent means, linear",
-            )
-            self.log_image_grid(
-                "test/traversals", self.traversals(x[:8]), nrow=11, caption="top-KL latent dims, -3..3"
-            )
+            pairs = min(8, len(x) // 2)  # images 0..7 paired with 8..15 (fewer in a smaller first batch)
+            if pairs:
+                log_figure(
+                    self,
+                    "test/interpolations",
+                    self.interpolations_figure(x[:pairs], x[pairs : 2 * pairs]),
+                    caption="latent means, linear",
+                )
+            log_figure(self, "test/traversals", self.traversals_figure(x[:8]), "top-KL latent dims, -3..3")
 
     # ------------------------------------------------------------------------------------ pictures
     @torch.no_grad()
@@ -201,20 +223,85 @@ class VAE(SuiteModule):
         return torch.sigmoid(self.net.decode(z.flatten(0, 1)))
 
     @torch.no_grad()
-    def traversals(self, x: torch.Tensor, values: int = 11, span: float = 3.0) -> torch.Tensor:
-        """One row per latent dim (the len(x) dims with the largest mean KL), varied over [-span, span]
-        around the first image's posterior mean."""
+    def top_kl_dims(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The len(x) latent dims with the largest mean KL over x (at most all of them), largest first, and
+        those mean KLs (nats)."""
         mu, logvar = self.net.encode(x)
-        dims = kl_per_dim(mu, logvar).mean(0).argsort(descending=True)[: len(x)]
-        grid = torch.linspace(-span, span, values, device=self.device)
+        kl = kl_per_dim(mu, logvar).mean(0)
+        dims = kl.argsort(descending=True)[: len(x)]
+        return dims, kl[dims]
+
+    @torch.no_grad()
+    def traversal_values(self, values: int = 11, span: float = 3.0) -> torch.Tensor:
+        """The values a traversal sets its latent to, one per column: `values` points evenly over
+        [-span, span]."""
+        return torch.linspace(-span, span, values, device=self.device)
+
+    @torch.no_grad()
+    def traversals(self, x: torch.Tensor, values: int = 11, span: float = 3.0) -> torch.Tensor:
+        """One row per latent dim (the len(x) dims with the largest mean KL): the first image's posterior
+        mean with that one dim set to each of `traversal_values(values, span)`."""
+        mu, _ = self.net.encode(x)
+        dims, _ = self.top_kl_dims(x)
         z = mu[0].repeat(len(dims), values, 1)
-        z[torch.arange(len(dims)), :, dims] = grid
+        z[torch.arange(len(dims)), :, dims] = self.traversal_values(values, span)
         return torch.sigmoid(self.net.decode(z.flatten(0, 1)))
+
+    # --------------------------------------------------------------------- labelled figures
+    def samples_figure(self, n: int, when: str) -> np.ndarray:
+        """n prior samples (decoder means, fixed seed), 8 per row; the title says what they are and when."""
+        return figure(
+            self.sample_images(n).cpu(),
+            8,
+            title=f"VAE samples: decoder means of z ~ N(0, I), seed {self.hparams.image_seed} ({when})",
+        )
+
+    def reconstructions_figure(self, x: torch.Tensor, when: str) -> np.ndarray:
+        """Row "input": the images x; row "reconstruction": the decoder means at their posterior means."""
+        return figure(
+            self.reconstruction_pairs(x).cpu(),
+            len(x),
+            title=f"VAE reconstructions: decoder mean at the posterior mean of each input ({when})",
+            row_labels=["input", "reconstruction"],
+        )
+
+    def interpolations_figure(self, a: torch.Tensor, b: torch.Tensor, steps: int = 10) -> np.ndarray:
+        """One row per pair (a[k], b[k]); column t shows the decoder mean at (1 - t) mu_a + t mu_b."""
+        ts = torch.linspace(0, 1, steps).tolist()
+        return figure(
+            self.interpolations(a, b, steps).cpu(),
+            steps,
+            title="VAE interpolations: decoder means along (1 - t) mu_a + t mu_b between the posterior means "
+            "of two test images a (t = 0) and b (t = 1)",
+            row_labels=[f"pair {k + 1}" for k in range(len(a))],
+            col_labels=[f"t={t:.2f}" for t in ts],
+        )
+
+    def traversals_figure(self, x: torch.Tensor, values: int = 11, span: float = 3.0) -> np.ndarray:
+        """Row: the latent dim z[d] that moves (and its mean KL); column: the value z[d] is set to; every
+        other dim stays at the first test image's posterior mean."""
+        dims, kl = self.top_kl_dims(x)
+        return figure(
+            self.traversals(x, values, span).cpu(),
+            values,
+            title="VAE latent traversals: the first test image's posterior mean with one latent z[d] (row; "
+            "the dims of largest mean KL) set to the column value, decoder means",
+            row_labels=[f"z[{int(d)}]\nKL {float(k):.2f}" for d, k in zip(dims, kl, strict=True)],
+            col_labels=[f"{round(float(v), 6) + 0.0:+.1f}" for v in self.traversal_values(values, span)],
+        )
 
     def metric_protocol(self) -> dict[str, Any]:
         return {
             "units": "nats per image (sum over 784 pixels), mean over test images",
             "likelihood": "Bernoulli on continuous [0, 1] pixels; not comparable with binarised-MNIST NLLs",
-            "test/elbo": "negative ELBO: analytic KL + reconstruction term averaged over the K importance samples",
-            "test/nll": f"importance-sampled estimate (IWAE bound, Burda et al. 2016 eq. 8), K={self.hparams.nll_samples}",
+            "test/elbo": "negative ELBO: analytic KL + reconstruction term averaged over the K importance samples"
+            + ("" if self.hparams.expensive_metrics else " (K=1: expensive_metrics=false)"),
+            **(
+                {
+                    "test/nll": "importance-sampled estimate (IWAE bound, Burda et al. 2016 eq. 8), "
+                    f"K={self.hparams.nll_samples}"
+                }
+                if self.hparams.expensive_metrics
+                else {}
+            ),
         }

@@ -173,10 +173,14 @@ def test_one_manual_optimisation_step_changes_g_and_d(variant, tmp_path):
     assert {"train/loss_G", "train/loss_D", "train/text_A", "train/D_B_edge"} <= set(metrics)
 
 
-def test_validation_logs_psnr_ssim_and_the_image_grid(tmp_path):
+def test_validation_logs_psnr_ssim_and_the_image_grid(tmp_path, monkeypatch):
+    from core.figures import figure_layout, tile_to_uint8
+
     m = small("official", components={"text_discriminator": False})
     logged = []
-    m.log_image_grid = lambda key, images, **kw: logged.append((key, images.shape, kw))
+    monkeypatch.setattr(
+        "lit_modules.nerco.log_figure", lambda module, key, image, caption=None: logged.append((key, image))
+    )
     trainer = pl.Trainer(
         max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
@@ -187,11 +191,21 @@ def test_validation_logs_psnr_ssim_and_the_image_grid(tmp_path):
     metrics = trainer.callback_metrics
     assert {"val/psnr", "val/ssim", "val/loss"} <= set(metrics)
     assert 0 < float(metrics["val/psnr"]) < 60 and -1 <= float(metrics["val/ssim"]) <= 1
-    assert (
-        logged[0][0] == "val/enhanced"
-        and logged[0][1] == (6, 3, 36, 36)
-        and logged[0][2]["value_range"] == (-1, 1)
-    )
+    # one labelled figure: 2 rows of low | NeRCo | high, a PSNR caption under low and NeRCo
+    key, image = logged[0]
+    layout = figure_layout(
+        [(36, 36)] * 6, 3, title=f"NeRCo validation, epoch 0, step {m.global_step}: PSNR against the ground truth",
+        row_labels=["image 1", "image 2"],
+        col_labels=["low (input)", "NeRCo", "high (ground truth)"],
+        captions=["PSNR 10.00 dB", "PSNR 10.00 dB", "reference"] * 2, min_size=128,
+    )  # fmt: skip
+    assert key == "val/enhanced" and image.dtype == np.uint8
+    assert image.shape == (layout.height, layout.width, 3)
+    # the first low image, [-1, 1] -> [0, 255], upscaled x4 (36 px -> 144 px), at its computed place
+    low = tile_to_uint8(Unpaired(2, 36, paired=True)[0]["low"], value_range=(-1, 1))
+    top, left, h, w = layout.tile_box(0)
+    assert layout.scale == 4
+    assert np.array_equal(image[top : top + h, left : left + w], low.repeat(4, axis=0).repeat(4, axis=1))
 
 
 @pytest.mark.parametrize(
