@@ -246,3 +246,29 @@ def replace_with_link(source: str | os.PathLike, target: str | os.PathLike) -> N
     except OSError:
         shutil.copyfile(source, tmp)
     os.replace(tmp, target)
+
+
+class ProgressBar(pl.callbacks.TQDMProgressBar):
+    """Lightning's tqdm bar, whose epoch total also respects `trainer.max_steps`: a 3-step run shows 0/3,
+    not 0/240 with the ETA of a whole epoch (Lightning caps the total only when max_epochs is -1).
+
+    Optimizer steps per training batch: `accumulate_grad_batches` inverted under automatic optimisation; a
+    model with manual optimisation says how many it takes with `optimizer_steps_per_batch` (NeRCo: 2)."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        total = super().total_train_batches
+        trainer = self.trainer
+        max_steps = trainer.max_steps
+        if max_steps is None or max_steps <= 0:
+            return total
+        model = trainer.lightning_module
+        if model.automatic_optimization:
+            batches_per_step = trainer.accumulate_grad_batches
+            remaining = (max_steps - trainer.global_step) * batches_per_step
+        else:
+            per_batch = getattr(model, "optimizer_steps_per_batch", None)
+            if not per_batch:
+                return total
+            remaining = -(-(max_steps - trainer.global_step) // per_batch)
+        return min(total, max(remaining, 0))

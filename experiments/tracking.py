@@ -69,6 +69,11 @@ def wandb_logger(
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     if automatic and mode == "offline":
         _say_offline_once(save_dir)
+    if mode == "offline" and "settings" not in kwargs:
+        import wandb
+
+        # offline, wandb's banner and footer repeat what the suite says once (where the run is, how to upload)
+        kwargs["settings"] = wandb.Settings(silent=True)
     logger = WandbLogger(
         project=project,
         save_dir=save_dir,
@@ -90,9 +95,8 @@ def wandb_logger(
 @rank_zero_only
 def _say_offline_once(save_dir: str) -> None:
     log.warning(
-        "W&B: no API key is configured and WANDB_MODE is unset, so this run is logged offline to %s/wandb/. "
-        "Upload it later with: wandb sync %s/wandb/offline-run-*  (or set WANDB_MODE=disabled to skip W&B)",
-        save_dir,
+        "W&B: no API key is configured and WANDB_MODE is unset, so this run is logged offline to %s/wandb/ "
+        "(the upload command is printed at the end; WANDB_MODE=disabled or logger=csv|none skip W&B)",
         save_dir,
     )
 

@@ -10,6 +10,30 @@ import torch
 from lit_modules.images import make_grid, to_uint8
 
 
+def planned_test_examples(datamodule: Any, limits: Any) -> int:
+    """How many test examples `trainer.test` will see under the trainer's limits (`fast_dev_run`,
+    `limit_test_batches` of a Trainer or of its config), by Lightning's rule (an int counts batches, a float
+    is a fraction of them)."""
+
+    def get(name: str) -> Any:
+        return limits.get(name) if hasattr(limits, "get") else getattr(limits, name, None)
+
+    datamodule.setup("test")
+    loader = datamodule.test_dataloader()
+    total, num_batches = len(loader.dataset), len(loader)
+    batches = num_batches
+    fdr = get("fast_dev_run")
+    if fdr:
+        batches = min(num_batches, 1 if fdr is True else int(fdr))
+    else:
+        limit = get("limit_test_batches")
+        if isinstance(limit, int) and not isinstance(limit, bool):
+            batches = min(num_batches, limit)
+        elif limit is not None:
+            batches = int(num_batches * float(limit))
+    return min(total, batches * (loader.batch_size or 1))
+
+
 class SuiteModule(pl.LightningModule):
     """Base class. Subclasses describe how their test metrics are computed in `metric_protocol()`; the
     entry points write that description into metrics.json next to the numbers.
@@ -69,6 +93,17 @@ class SuiteModule(pl.LightningModule):
     def needs_checkpoint(self) -> bool:
         """Whether `experiments.evaluate` must be given trained weights (a model with parameters does)."""
         return any(True for _ in self.parameters())
+
+    def preflight(self, datamodule: Any, limits: Any) -> None:
+        """Called by `train` and `evaluate` before any work (`limits`: the trainer config): refuse a test that
+        would fail at its end (e.g. an FID with too few real images under the trainer's limits). Raises
+        `core.errors.ConfigError`."""
+
+    def show_progress(self) -> bool:
+        """Whether an extra progress bar (FID sampling, importance sampling) should be drawn: rank zero, and
+        the trainer draws bars."""
+        trainer = self._trainer
+        return trainer is None or (trainer.is_global_zero and trainer.progress_bar_callback is not None)
 
     def log_image_grid(
         self,

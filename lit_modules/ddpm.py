@@ -17,15 +17,20 @@ the test metrics, `experiments.sample` and `experiments.evaluate` all use EMA we
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
+from tqdm.auto import tqdm
 
-from lit_modules.base import SuiteModule
+from core.errors import ConfigError
+from core.figures import figure
+from lit_modules.base import SuiteModule, planned_test_examples
 from lit_modules.diffusion import (
     PREDICTION_TYPES,
     SPACINGS,
@@ -39,6 +44,9 @@ from lit_modules.diffusion import (
     training_target,
 )
 from lit_modules.fid import FIDProtocol
+from lit_modules.images import log_figure, seed_row_labels
+
+log = logging.getLogger(__name__)
 
 
 class DDPM(SuiteModule):
@@ -67,15 +75,16 @@ class DDPM(SuiteModule):
         fid_feature: str = "mnist_classifier",
         fid_allow_below_minimum: bool = False,
         fid_seed: int = 1_000_000,
+        expensive_metrics: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "optimizer"])
         if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(
+            raise ConfigError(
                 f"model.prediction_type={prediction_type!r} is not one of {list(PREDICTION_TYPES)}"
             )
         if spacing not in SPACINGS:
-            raise ValueError(f"model.spacing={spacing!r} is not one of {list(SPACINGS)}")
+            raise ConfigError(f"model.spacing={spacing!r} is not one of {list(SPACINGS)}")
         self.net = net
         self.optimizer_factory = optimizer
         # float64 schedule as a plain attribute: not a parameter or buffer, so EMA never touches it and it is
@@ -83,7 +92,14 @@ class DDPM(SuiteModule):
         self.alphas_cumprod = alphas_cumprod_from_betas(make_betas(schedule, num_timesteps))
         self.check_sampling(sampler, steps, guidance_scale if guidance_scale else None, None)
         self.fid_protocol = (
-            FIDProtocol(fid_num_samples, fid_feature, fid_allow_below_minimum) if fid_num_samples else None
+            FIDProtocol(
+                fid_num_samples,
+                fid_feature,
+                fid_allow_below_minimum,
+                keys=("model.fid_feature", "model.fid_num_samples", "model.fid_allow_below_minimum"),
+            )
+            if fid_num_samples and expensive_metrics
+            else None
         )
         if self.fid_protocol is not None:
             self.fid_protocol.check()  # refuse a below-minimum request now, before any training
@@ -151,6 +167,11 @@ class DDPM(SuiteModule):
         if self._fid is not None:
             self._fid.update(x, real=True)
 
+    def preflight(self, datamodule: Any, limits: Any) -> None:
+        """The FID's real statistics come from the test split as the trainer limits it: refuse before fit."""
+        if self.fid_protocol is not None:
+            self.fid_protocol.check_real(planned_test_examples(datamodule, limits))
+
     def on_test_start(self) -> None:
         if self.fid_protocol is not None:
             # object.__setattr__: a Module assigned normally would join the module tree (state_dict, EMA swaps)
@@ -166,7 +187,12 @@ class DDPM(SuiteModule):
         n = self.fid_protocol.num_samples
         seeds = range(self.hparams.fid_seed, self.hparams.fid_seed + n)
         labels = self.default_labels(n) if self.num_classes else None
-        for start in range(0, n, self.hparams.sample_batch_size):
+        log.info(
+            "test/fid: generating %d images (%s, %d steps) against %d real ones; expensive_metrics=false skips it",
+            n, self.hparams.sampler, self.hparams.steps, num_real,
+        )
+        batches = range(0, n, self.hparams.sample_batch_size)
+        for start in tqdm(batches, desc="test/fid: sampling", unit="batch", disable=not self.show_progress()):
             chunk = list(seeds[start : start + self.hparams.sample_batch_size])
             images = self.generate(
                 chunk, class_labels=None if labels is None else labels[start : start + len(chunk)]
@@ -185,19 +211,19 @@ class DDPM(SuiteModule):
         check_sampler(sampler)
         check_steps(steps, self.hparams.num_timesteps)
         if guidance_scale is not None and not self.num_classes:
-            raise ValueError(
+            raise ConfigError(
                 f"guidance_scale={guidance_scale}: this checkpoint is an unconditional model (no class conditioning), "
                 "so classifier-free guidance does not apply; leave guidance_scale unset"
             )
         if guidance_scale is not None and guidance_scale < 0:
-            raise ValueError(
+            raise ConfigError(
                 f"guidance_scale={guidance_scale}: must be >= 0 (0 = the conditional model alone)"
             )
         if class_label is not None:
             if not self.num_classes:
-                raise ValueError(f"class_label={class_label}: this checkpoint is an unconditional model")
+                raise ConfigError(f"class_label={class_label}: this checkpoint is an unconditional model")
             if not 0 <= int(class_label) < self.num_classes:
-                raise ValueError(
+                raise ConfigError(
                     f"class_label={class_label} is out of range: valid labels are 0..{self.num_classes - 1}"
                 )
 
@@ -278,15 +304,31 @@ class DDPM(SuiteModule):
     def log_sample_grid(self, key: str) -> None:
         """A fixed-seed grid (the same seeds every time, so grids of different epochs compare)."""
         n = self.hparams.num_image_samples
+        if self._trainer is not None and self.trainer.fast_dev_run:
+            n = min(n, 2 * (self.num_classes or 4))  # debug=fdr: does the code run, not a grid to look at
         seeds = range(self.hparams.image_seed, self.hparams.image_seed + n)
         labels = self.default_labels(n) if self.num_classes else None
         images = self.generate(list(seeds), class_labels=labels)
-        caption = f"{self.hparams.sampler}, {self.hparams.steps} steps, EMA weights"
+        weights = self._weights_text()
+        caption = f"{self.hparams.sampler}, {self.hparams.steps} steps, {weights}"
         if self.num_classes:
             caption += (
                 f", guidance {self.hparams.guidance_scale:g}, columns = classes 0-{self.num_classes - 1}"
             )
-        self.log_image_grid(key, images, nrow=self.num_classes or 8, caption=caption)
+        when = "test" if key.startswith("test/") else f"epoch {self.current_epoch}"
+        sampling = self.sampling_description(weights=weights)
+        when += f", step {self.global_step}"
+        grid = samples_figure(images.cpu(), sampling, self.hparams.image_seed, self.num_classes, when)
+        log_figure(self, key, grid, caption)
+
+    def _weights_text(self) -> str:
+        """'EMA weights' when an EMA callback (Lightning's WeightAveraging) is attached to the trainer."""
+        from pytorch_lightning.callbacks import WeightAveraging
+
+        callbacks = getattr(self._trainer, "callbacks", None) or []
+        if any(isinstance(cb, WeightAveraging) for cb in callbacks):
+            return "EMA weights"
+        return "no EMA callback"
 
     # ------------------------------------------------------------------------------------------- protocol
     def metric_protocol(self) -> dict[str, Any]:
@@ -298,3 +340,36 @@ class DDPM(SuiteModule):
             out.update(self.sampling_description())  # top level: how the FID images were sampled
             out["test/fid"] = self._fid_result
         return out
+
+
+def samples_figure(
+    images: torch.Tensor,
+    sampling: dict[str, Any],
+    first_seed: int,
+    num_classes: int = 0,
+    when: str | None = None,
+    ncols: int | None = None,
+) -> np.ndarray:
+    """A labelled grid of diffusion samples; image i has seed first_seed + i. The title names the sampler,
+    its steps, DDIM eta, the guidance scale, a fixed class label and the weights (`sampling`, as
+    `DDPM.sampling_description` gives it); rows are labelled with their seeds. Without a fixed
+    `class_label`, a conditional model's images have labels 0, 1, ..., C-1, 0, ... and the grid has one
+    column per class, labelled "class c"."""
+    per_class = bool(num_classes) and sampling.get("class_label") is None
+    ncols = num_classes if per_class else min(ncols or 8, len(images))
+    parts = [f"{sampling['sampler']}, {sampling['steps']} steps"]
+    if sampling.get("eta") is not None:
+        parts.append(f"eta {sampling['eta']:g}")
+    if sampling.get("guidance_scale") is not None:
+        parts.append(f"guidance {sampling['guidance_scale']:g}")
+    if sampling.get("class_label") is not None:
+        parts.append(f"class {int(sampling['class_label'])}")
+    if sampling.get("weights"):
+        parts.append(str(sampling["weights"]))
+    return figure(
+        images,
+        ncols,
+        title=f"DDPM samples: {', '.join(parts)}" + (f" ({when})" if when else ""),
+        row_labels=seed_row_labels(first_seed, len(images), ncols),
+        col_labels=[f"class {c}" for c in range(num_classes)] if per_class else None,
+    )

@@ -15,7 +15,7 @@ from tests.conftest import REPO, run_cli, state_dict_hash
 
 SMALL = [
     "experiment=vae_mnist",
-    "+trainer.limit_train_batches=10",
+    "trainer.limit_train_batches=10",
     "model.nll_samples=8",
     "model.image_every_n_epochs=0",
     "trainer.max_epochs=3",
