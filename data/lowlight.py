@@ -36,8 +36,9 @@ the data set root). Test/val items are at full resolution (or `eval_resize`); us
 
 Bad data fails in `setup()` with the files and the expected layout named: missing folders
 (FileNotFoundError), unmatched names or duplicate keys (PairingError), an empty split (EmptySplitError),
-unreadable image headers (ImageReadError), low/high size mismatches (PairSizeError), non-RGB images
-(converted with one warning, or NonRGBImageError with `non_rgb=error`). Truncated pixel data is found by
+unreadable image headers (ImageReadError), low/high size mismatches (PairSizeError), non-RGB or 16-bit
+images (converted to 8-bit RGB with one warning naming each file and what is done to it, or NonRGBImageError
+for a non-RGB mode with `non_rgb=error`). Truncated pixel data is found by
 `check(full=True)` (`python -m experiments.prepare`) or when the image is loaded.
 """
 
@@ -65,7 +66,9 @@ from data.images import (
     ImageHeader,
     ImageReadError,
     NonRGBImageError,
+    converted_lines,
     list_images,
+    name_list,
     read_header,
     read_rgb,
     warn_converted,
@@ -76,6 +79,7 @@ from data.synthetic import LowLightModel, ensure_synthetic_lowlight
 from data.transforms import PairTransform, check_value_range
 
 log = logging.getLogger(__name__)
+CONVERTED_LISTED = 10  # check(): files named in the warning on conversions to 8-bit RGB, then "and N more"
 
 SOURCES = ("synthetic", "local", "hf")
 MODES = ("paired", "unpaired")
@@ -897,12 +901,15 @@ class LowLightDataModule(pl.LightningDataModule):
             label = f"{self.layout.title} from {self.root}" + (
                 f" ({'+'.join(self.subset)})" if self.subset else ""
             )
+        # real-custom: the user's own paired folders, real images without published numbers to compare with
+        kind = "synthetic" if self.is_synthetic else "real-custom" if self.dataset == "folder" else "real"
         out: dict[str, Any] = {
             "dataset": self.dataset,
             "source": self.source,
             "label": label,
             "comparable_with_papers": real,
             "synthetic": self.is_synthetic,
+            "kind": kind,
             "root": str(self.root),
             "mode": self.mode,
             "value_range": list(self.value_range),
@@ -949,10 +956,13 @@ class LowLightDataModule(pl.LightningDataModule):
                 "ignored": scan.ignored,
             }
             problems += [p.message for p in scan.problems]
-            non_rgb = sum(n for m, n in modes.items() if m != "RGB")
-            if non_rgb and self.non_rgb == "convert":
+            converted = converted_lines([h for pair in scan.headers.values() for h in pair])
+            if converted:
+                splits[split]["converted"] = converted  # every file, in check.json
+            if converted and self.non_rgb == "convert":
                 warns.append(
-                    f"{split}: {non_rgb} non-RGB image(s) will be converted to RGB (non_rgb=convert)"
+                    f"{split}: {len(converted)} image(s) are not 8-bit RGB and will be converted "
+                    f"(non_rgb=convert):\n    " + name_list(converted, CONVERTED_LISTED, "\n    ")
                 )
         if "test" not in scans:
             problems.append("no test split")

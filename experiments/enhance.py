@@ -10,6 +10,10 @@ a missing or empty `input_dir`, an `output_dir` equal to or inside `input_dir`, 
 (`overwrite=true` replaces them), missing or mismatched weights, and images whose estimated working memory
 exceeds `memory_limit_mb` while `tiling.enabled=false`. Files that cannot be read (not an image, truncated) or
 are too small for the network are skipped with a warning naming each, and listed again at the end.
+Images that are not 8-bit RGB are converted, each with a warning saying how (`data.images.conversion_note`:
+`grey.png: grey -> RGB (channel replicated)`, `alpha.png: RGBA -> RGB (alpha dropped)`, `deep.png: 16-bit grey
+-> 8-bit RGB (scaled by 255/65535, channel replicated)`), recorded per image in enhance.json (`converted`) and
+listed in run_info.json.
 
 Memory: the NRN's MLP always runs in bands (`model.nrn_chunk_pixels`); an image whose estimate
 (`model.inference_memory_mb`) exceeds the limit is processed in overlapping tiles when `tiling.enabled=true`
@@ -31,18 +35,19 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from core.errors import MissingFileError, UserError
 from data.images import (
     IMAGE_EXTENSIONS,
     ImageReadError,
     is_image_file,
     read_header,
-    read_rgb,
+    read_rgb_noted,
     write_atomic,
     write_png,
 )
 from experiments.checkpoints import CheckpointMismatchError, load_checkpoint, model_class_path
+from experiments.cli import entry_point
 from experiments.common import Run, log
-from experiments.config import config_path
 from experiments.run_dir import write_json_atomic
 from lit_modules.imageops import from_unit_range, to_unit_range
 from lit_modules.nerco import INFERENCE_RESIZE, MIN_SIDE, OfficialCheckpointError
@@ -52,8 +57,8 @@ MIN_TILE = 64  # smallest tile the automatic tile size goes down to
 QUANTIZE = ("truncate", "round")
 
 
-class EnhanceError(ValueError):
-    """Bad input to `enhance`: the message says what to change; nothing has been written."""
+class EnhanceError(UserError, ValueError):
+    """Bad input to `enhance`: the message says what to change; nothing has been written (exit status 2)."""
 
 
 @dataclass
@@ -66,6 +71,7 @@ class Item:
     width: int = 0
     height: int = 0
     mode: str = ""
+    converted: str | None = None  # what reading it as 8-bit RGB did (None: it was 8-bit RGB)
     estimate_mb: float | None = None
     tile: int | None = None
     tiles: int = 1
@@ -148,13 +154,6 @@ def plan_images(inp: Path, out: Path, overwrite: bool, min_side: int) -> Plan:
         (plan.skipped if item.skipped else plan.items).append(item)
     for item in plan.skipped:
         log.warning("Skipping %s", item.skipped)
-    converted = [f"{i.name} ({i.mode})" for i in plan.items if i.mode != "RGB"]
-    if converted:
-        log.warning(
-            "%d image(s) are not RGB and are converted (grey replicated, alpha dropped): %s",
-            len(converted),
-            ", ".join(converted[:8]) + (" ..." if len(converted) > 8 else ""),
-        )
     if not plan.items:
         raise EnhanceError(
             f"none of the {len(images)} image file(s) in input_dir={inp} can be enhanced:\n  "
@@ -337,7 +336,9 @@ def write_png_atomic(path: Path, array: np.ndarray) -> None:
 
 
 def enhance_one(model: Any, item: Item, device: torch.device, overlap: int, quantize: str, bar: Any) -> None:
-    image = read_rgb(item.path, item.name, non_rgb="convert")
+    image, item.converted = read_rgb_noted(item.path, item.name, non_rgb="convert")
+    if item.converted:  # one line per file: what was done to it
+        log.warning("%s: %s", item.name, item.converted)
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float().div(255.0)
     vr = tuple(getattr(model, "value_range", (0.0, 1.0)))
     x = from_unit_range(x, vr).to(device)
@@ -365,22 +366,21 @@ def enhance(cfg: DictConfig) -> dict[str, Any]:
     from tqdm.auto import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
+    # every refusal before the run directory is written
+    if cfg.quantize not in QUANTIZE:
+        raise EnhanceError(f"quantize={cfg.quantize!r} is not one of {QUANTIZE}")
+    inp, out = check_folders(cfg.get("input_dir"), cfg.get("output_dir"))
+    plan = plan_images(inp, out, bool(cfg.overwrite), MIN_SIDE)
+    model, weights = load_model(cfg)
+    if not callable(getattr(model, "enhance", None)):
+        raise EnhanceError(f"{type(model).__name__} has no enhance(); enhance needs a restoration model (NeRCo)")
+    apply_inference_options(model, cfg)
+    device = pick_device(str(cfg.device))
+    limit = memory_limit_mb(cfg.memory_limit_mb, device)
+    plan_memory(model, plan, limit, cfg.tiling)
     run = Run(cfg, "enhance")
     try:
-        if cfg.quantize not in QUANTIZE:
-            raise EnhanceError(f"quantize={cfg.quantize!r} is not one of {QUANTIZE}")
-        inp, out = check_folders(cfg.get("input_dir"), cfg.get("output_dir"))
-        plan = plan_images(inp, out, bool(cfg.overwrite), MIN_SIDE)
-        model, weights = load_model(cfg)
-        if not callable(getattr(model, "enhance", None)):
-            raise EnhanceError(
-                f"{type(model).__name__} has no enhance(); enhance needs a restoration model (NeRCo)"
-            )
-        apply_inference_options(model, cfg)
-        device = pick_device(str(cfg.device))
         model.to(device).eval()
-        limit = memory_limit_mb(cfg.memory_limit_mb, device)
-        plan_memory(model, plan, limit, cfg.tiling)
         overlap = int(cfg.tiling.overlap)
         written: list[Item] = []
         with (
@@ -415,15 +415,19 @@ def enhance(cfg: DictConfig) -> dict[str, Any]:
             "memory_limit_mb": None if limit is None else round(limit),
             "written": [i.record() for i in written],
             "skipped": [{"path": str(i.path), "reason": i.skipped} for i in plan.skipped],
+            "converted": [f"{i.name}: {i.converted}" for i in written if i.converted],
         }
         write_json_atomic(run.run_dir / "enhance.json", summary)
+        n_conv = len(summary["converted"])
         run.complete(
             enhance={k: v for k, v in summary.items() if k not in ("written", "skipped")}
-            | {"n_written": len(written), "n_skipped": len(plan.skipped)}
+            | {"n_written": len(written), "n_skipped": len(plan.skipped), "n_converted": n_conv}
         )
         tiled = sum(1 for i in written if i.tile)
         print(
-            f"\nEnhanced {len(written)} image(s) into {out}" + (f" ({tiled} in tiles)" if tiled else ""),
+            f"\nEnhanced {len(written)} image(s) into {out}"
+            + (f" ({tiled} in tiles)" if tiled else "")
+            + (f"; {n_conv} converted to 8-bit RGB first (see run_info.json)" if n_conv else ""),
             flush=True,
         )
         if plan.skipped:
@@ -440,17 +444,16 @@ def enhance(cfg: DictConfig) -> dict[str, Any]:
         raise
 
 
-# bad input: a message and exit status 2, no traceback
-USER_ERRORS = (EnhanceError, CheckpointMismatchError, OfficialCheckpointError, FileNotFoundError)
-
-
-@hydra.main(version_base="1.3", config_path=config_path(), config_name="enhance")
+@entry_point("enhance")
 def main(cfg: DictConfig) -> None:
+    """Bad input (core.errors.UserError: EnhanceError, a foreign checkpoint, a missing released file) ends in
+    one message and exit status 2 (experiments.cli)."""
     try:
         enhance(cfg)
-    except USER_ERRORS as err:
-        log.error("enhance: %s", err)
-        raise SystemExit(2) from err
+    except FileNotFoundError as err:
+        if isinstance(err, UserError):
+            raise
+        raise MissingFileError(str(err)) from err
 
 
 if __name__ == "__main__":

@@ -47,7 +47,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from core.errors import InputError
+from core.figures import figure
 from lit_modules.imageops import resize_to_multiple, run_padded
+from lit_modules.images import log_figure
 from lit_modules.metrics.restoration import score
 from lit_modules.nerco_losses import (
     HIGH,
@@ -67,7 +70,7 @@ from lit_modules.nerco_losses import (
 from lit_modules.nets.clip_backend import TextImageBackend, build_text_backend
 from lit_modules.nets.cyclegan import PatchDiscriminator, ResnetGenerator
 from lit_modules.nets.nerco import NRN, EdgeOperator, MaskExtractor
-from lit_modules.restoration import RestorationModule
+from lit_modules.restoration import RestorationModule, psnr_caption
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +120,7 @@ INFERENCE_RESIZE = {
 VALUE_RANGE = (-1.0, 1.0)  # NeRCo's images: Normalize(0.5, 0.5) of [0, 1], tanh outputs
 
 
-class OfficialCheckpointError(ValueError):
+class OfficialCheckpointError(InputError):
     """A released-checkpoint directory that does not hold the three state_dicts the architecture needs."""
 
 
@@ -136,6 +139,22 @@ def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any] | None, what: s
     if unknown:
         raise ValueError(f"unknown {what} keys {unknown}; valid: {sorted(defaults)}")
     return {k: (defaults[k] if given.get(k) is None else given[k]) for k in defaults}
+
+
+CHEAP_TEST_SIDE = 128  # expensive_metrics=false: the test scores centre crops of this side (not the paper's protocol)
+
+
+def centre_crop_batch(batch: Mapping[str, Any], side: int, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The batch with the image tensors under `keys` cropped to their central `side` x `side` pixels (or less
+    where an image is smaller); other entries (names) unchanged."""
+    out = dict(batch)
+    for key in keys:
+        x = batch[key]
+        h, w = x.shape[-2:]
+        ch, cw = min(side, h), min(side, w)
+        top, left = (h - ch) // 2, (w - cw) // 2
+        out[key] = x[..., top : top + ch, left : left + cw]
+    return out
 
 
 MIN_SIDE = 8  # smallest image side: after the two stride-2 stages the residual blocks reflection-pad by 1
@@ -194,6 +213,9 @@ class NeRCo(RestorationModule):
       validation/test: the DataModule's paired items `{"low", "high", "low_name", ...}`, any size (`enhance`).
     """
 
+    output_label = "NeRCo"  # the side-by-side panel of the model
+    optimizer_steps_per_batch = 2  # manual optimisation: generators, then discriminators (global_step counts both)
+
     def __init__(
         self,
         variant: str = "official",
@@ -217,6 +239,7 @@ class NeRCo(RestorationModule):
         save_pools_in_checkpoint: bool = False,
         protocol: Mapping[str, Any] | None = None,
         num_side_by_side: int = 4,
+        expensive_metrics: bool = True,
     ):
         # Hydra hands nested options over as DictConfig; plain containers keep the checkpoints' hyperparameters
         # loadable with torch.load(weights_only=True) (Lightning's default when it tests a checkpoint)
@@ -261,6 +284,8 @@ class NeRCo(RestorationModule):
         self.pools = {name: ImagePool(pool_size) for name in pool_names}
         self.val_metrics = nn.ModuleDict({k: MeanMetric() for k in ("psnr", "ssim", "loss")})
         self._val_images: Tensor | None = None
+        self._val_captions: list[str | None] | None = None
+        self._val_names: list[str] | None = None
         self._warned_batch = False
         self.official_weights: dict[str, str] | None = None
         if official_ckpt_dir:
@@ -584,6 +609,15 @@ class NeRCo(RestorationModule):
         values["loss"] = (pred.clamp(0, 1) - target).abs().mean(dim=(1, 2, 3))
         if batch_idx == 0:
             self._val_images = self._triplets(batch["low"], out, batch["high"])
+            n = len(self._val_images) // 3
+            psnr_low = self.panel_psnr(self.unit(batch["low"]), target)
+            self._val_captions = [
+                text
+                for k in range(n)
+                for text in (psnr_caption(psnr_low, k), psnr_caption(values["psnr"], k), "reference")
+            ]
+            names = batch.get("low_name") if isinstance(batch, Mapping) else None
+            self._val_names = [str(v) for v in names[:n]] if names is not None else None
         for name, value in values.items():
             self.val_metrics[name].update(value.float())
             self.log(
@@ -591,7 +625,10 @@ class NeRCo(RestorationModule):
             )
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """`test/psnr`, `test/ssim`, per-image rows and side-by-side PNGs (low | NeRCo | high), RestorationModule."""
+        """`test/psnr`, `test/ssim`, per-image rows and side-by-side PNGs (low | NeRCo | high), RestorationModule.
+        With expensive_metrics=false the images are centre crops of CHEAP_TEST_SIDE pixels (labelled so)."""
+        if not self.hparams.get("expensive_metrics", True):
+            batch = centre_crop_batch(batch, CHEAP_TEST_SIDE, keys=("low", "high"))
         self.score_outputs(batch, self.enhance(batch["low"]))
 
     def _triplets(self, low: Tensor, out: Tensor, high: Tensor) -> Tensor:
@@ -601,10 +638,24 @@ class NeRCo(RestorationModule):
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()
         if self._val_images is not None and not self.trainer.sanity_checking:
-            self.log_image_grid(
-                "val/enhanced", self._val_images, nrow=3, value_range=(-1, 1), caption="low | NeRCo | high"
-            )
+            log_figure(self, "val/enhanced", self.validation_figure(), caption="low | NeRCo | high")
         self._val_images = None
+
+    def validation_figure(self) -> np.ndarray:
+        """The first validation images, one row each: low (input) | NeRCo | high (ground truth), each with its
+        PSNR against the ground truth under the protocol; rows labelled with the image names."""
+        n = len(self._val_images) // 3
+        return figure(
+            self._val_images,
+            3,
+            title=f"NeRCo validation, epoch {self.current_epoch}, step {self.global_step}: PSNR against the "
+            "ground truth",
+            row_labels=self._val_names or [f"image {k + 1}" for k in range(n)],
+            col_labels=["low (input)", "NeRCo", "high (ground truth)"],
+            captions=self._val_captions,
+            value_range=(-1.0, 1.0),
+            min_size=128,  # as the test side-by-sides: small crops enlarged (exact pixels) so the labels fit
+        )
 
     def method_descriptions(self) -> dict[str, str]:
         return {"model": "NeRCo fake_B = G_H([A, NRN(A)] * mask(A)), (x + 1) / 2 scored"}
@@ -614,7 +665,13 @@ class NeRCo(RestorationModule):
         out = super().metric_protocol()
         out.update(
             {
-                "inference": "full resolution, batch as the DataModule gives it (eval_batch_size 1); sizes not "
+                "inference": (
+                    "full resolution"
+                    if self.hparams.get("expensive_metrics", True)
+                    else f"CENTRE {CHEAP_TEST_SIDE}x{CHEAP_TEST_SIDE} CROPS (expensive_metrics=false): not the "
+                    "paper's protocol, not comparable"
+                )
+                + ", batch as the DataModule gives it (eval_batch_size 1); sizes not "
                 f"divisible by 4: {INFERENCE_RESIZE[self.hparams.inference_resize]} "
                 f"(inference_resize={self.hparams.inference_resize})",
                 "variant": self.hparams.variant,

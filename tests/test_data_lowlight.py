@@ -333,7 +333,8 @@ def test_grey_and_rgba_are_converted_with_a_warning_or_refused(tmp_path):
     write(tmp_path / "eval15" / "low" / "1.png", np.full((24, 32), 9, np.uint8))
     write(tmp_path / "eval15" / "high" / "1.png", np.full((24, 32, 4), 200, np.uint8))
     dm = _dm(tmp_path)
-    with pytest.warns(UserWarning, match=r"2 image\(s\) are not RGB.*eval15/low/1.png \(L\)"):
+    converted = r"2 image\(s\) are not 8-bit RGB.*eval15/low/1.png: grey -> RGB \(channel replicated\)"
+    with pytest.warns(UserWarning, match=converted):
         dm.setup()
     item = dm.splits["test"][0]
     assert item["low"].shape == (3, 24, 32) and torch.allclose(

@@ -230,6 +230,39 @@ def test_unreadable_files_are_skipped_with_a_warning_naming_each(compose_cfg, tm
     assert snapshot(inp) == before and not (tmp_path / "out2").exists()
 
 
+def test_conversions_are_said_per_file_in_the_log_and_the_records(compose_cfg, tmp_path, small_ckpt, caplog):
+    """An RGBA, a grey, a 16-bit grey and a 16-bit RGB PNG: one log line each saying what was converted, the
+    same in enhance.json (per image) and run_info.json; an 8-bit RGB file is not mentioned."""
+    from tests.test_image_conversions import write_png16
+
+    inp = tmp_path / "low"
+    inp.mkdir()
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)).save(inp / "001.png")
+    Image.fromarray(rng.integers(0, 256, (12, 16, 4), dtype=np.uint8)).save(inp / "003.png")
+    Image.fromarray(rng.integers(0, 256, (12, 16), dtype=np.uint8)).save(inp / "grey.png")
+    Image.fromarray(rng.integers(0, 65536, (12, 16), dtype=np.uint16)).save(inp / "deep.png")
+    write_png16(inp / "deep_rgb.png", rng.integers(0, 65536, (12, 16, 3), dtype=np.uint16))
+    expected = {
+        "003.png": "RGBA -> RGB (alpha dropped)",
+        "grey.png": "grey -> RGB (channel replicated)",
+        "deep.png": "16-bit grey -> 8-bit RGB (scaled by 255/65535, channel replicated)",
+        "deep_rgb.png": "16-bit RGB -> 8-bit RGB (high byte kept: v // 256)",
+    }
+    with caplog.at_level(logging.WARNING, logger="experiments"):
+        out = f"output_dir={tmp_path / 'out'}"
+        summary = run_enhance(compose_cfg, tmp_path, f"input_dir={inp}", out, f"ckpt_path={small_ckpt}")
+    lines = [r.getMessage() for r in caplog.records]
+    for name, note in expected.items():
+        assert lines.count(f"{name}: {note}") == 1, (name, lines)
+    assert not [line for line in lines if line.startswith("001.png")]
+    assert {r["name"]: r.get("converted") for r in summary["written"]} == {"001.png": None, **expected}
+    record = json.loads((tmp_path / "enhance_run" / "enhance.json").read_text())
+    assert record["converted"] == [f"{n}: {note}" for n, note in sorted(expected.items())]
+    info = json.loads((tmp_path / "enhance_run" / "run_info.json").read_text())["enhance"]
+    assert info["n_converted"] == 4 and info["converted"] == record["converted"]
+
+
 def test_bad_checkpoint_directories_and_missing_weights(compose_cfg, tmp_path, official_dir):
     inp = write_inputs(tmp_path / "photos")
     before = snapshot(inp)
@@ -300,7 +333,7 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path):
     assert res.returncode == 2, res.stderr[-2000:]
     assert "does not exist" in res.stdout + res.stderr and "Traceback" not in res.stdout + res.stderr
     assert not (tmp_path / "out").exists()
-    assert json.loads((tmp_path / "run" / "run_info.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "run" / "run_info.json").exists()  # refused before the run directory is written
 
 
 # ------------------------------------------------------------------------------------------ tiling
