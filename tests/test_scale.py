@@ -18,7 +18,7 @@ from tests.conftest import REPO, run_cli
 
 SMALL = [
     "experiment=vae_mnist",
-    "+trainer.limit_train_batches=6",
+    "trainer.limit_train_batches=6",
     "model.nll_samples=8",
     "model.image_every_n_epochs=0",
 ]
@@ -94,8 +94,11 @@ def test_submitit_local_multirun_then_report(tmp_path):
         assert info["wandb"]["group"] == f"vae_mnist/{sweep.name}"  # one W&B group per sweep
     report = build_report([sweep], tmp_path / "report", REPO / "configs" / "paper")
     text = report.read_text()
-    assert "(n=2)" in text and "| (as configured) | 0,1 |" in text
-    assert "not comparable with published numbers" in text and "synthetic" in text
+    assert "(n=2 seeds)" in text and "| (as configured) | 0,1 | 2 |" in text
+    # the embedded MNIST subset: real images, but a subset (not synthetic)
+    assert "not comparable with published numbers" in text and "| real subset |" in text
+    summary = (sweep / "sweep_summary.md").read_text()
+    assert "| 0 | seed=0 | 0 | completed |" in summary and "| 1 | seed=1 | 1 | completed |" in summary
 
 
 def test_slurm_launcher_without_slurm_says_so(tmp_path):
@@ -161,7 +164,8 @@ def test_resume_after_kill_continues_from_last_and_the_same_wandb_run(tmp_path):
     info = json.loads((run_dir / "run_info.json").read_text())
     assert info["status"] == "completed" and info["resumed_from"] == str(last)
     assert info["wandb"]["id"] == killed["wandb"]["id"]
-    assert info["previous_invocations"][-1]["status"] == "running"  # the killed invocation, kept
+    killed_record = info["previous_invocations"][-1]  # the killed invocation, kept, and now called so
+    assert killed_record["status"] == "killed" and killed_record["status_recorded"] == "running"
     assert _epochs_done(last) == epoch_at_kill + 1
 
 
@@ -236,9 +240,9 @@ def test_report_tables_deltas_and_paper(tmp_path):
         )
     )
     text = build_report([runs], tmp_path / "out", paper).read_text()
-    assert "21 ± 1.4 (n=2)" in text  # mean ± sample std of 20 and 22
+    assert "21 ± 1.4 (n=2 seeds)" in text  # mean ± sample std of 20 and 22
     assert "| model.use_nrn=false | -1.75 ± 1 |" in text  # 19.25 - 21; se = sqrt(2/2 + 0.125/2)
-    assert "| test/psnr | 21 ± 1.4 (n=2) | 19.738 | a paper, Table 1 |" in text
+    assert "| test/psnr | 21 ± 1.4 (n=2 seeds) | 19.738 | a paper, Table 1 |" in text
     assert (tmp_path / "out" / "plots" / "nerco_lol__test_psnr.png").is_file()
 
 
