@@ -1,7 +1,10 @@
-"""Checking a checkpoint against the model a run builds, before Lightning touches it."""
+"""Checking a checkpoint against the model a run builds, before Lightning touches it; writing checkpoints
+atomically, and sweeping the temporary files a killed write leaves behind."""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,22 +12,28 @@ import torch
 from pytorch_lightning.plugins import TorchCheckpointIO
 from torch import nn
 
+from core.errors import InputError, MissingFileError
 from data.images import write_atomic
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InputError):
     """The checkpoint was written by another model (class or architecture)."""
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={path}: no such file")
+        raise MissingFileError(f"ckpt_path={path}: no such file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for non-checkpoints
+        # torch's own text suggests weights_only=False (running the file's pickled code): not advice to relay
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in str(err):
+            first = "it holds objects other than tensors and plain containers (not a checkpoint of this suite)"
         raise CheckpointMismatchError(
-            f"ckpt_path={path}: not a readable PyTorch checkpoint ({type(err).__name__}: {err})"
+            f"ckpt_path={path}: not a readable PyTorch checkpoint ({first[:200]}). Expected a .ckpt file written "
+            "by experiments.train (checkpoints/last.ckpt or best-*.ckpt of a run directory)."
         ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise CheckpointMismatchError(f"ckpt_path={path}: not a Lightning checkpoint (no 'state_dict' entry)")
@@ -81,3 +90,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, path, storage_options)
             return
         write_atomic(path, lambda f: torch.save(checkpoint, f))
+
+
+# The suite's temporary names: `data.images.write_atomic` (checkpoints via AtomicCheckpointIO, run-directory
+# JSON, PNGs) writes `.<name>.<8 characters of mkstemp>.tmp` beside the target, `experiments.callbacks.
+# replace_with_link` (last.ckpt as a link) `.<name>.<pid>.tmp`. A SIGKILL between the write and the rename
+# leaves one behind, possibly as large as a checkpoint.
+TEMPORARY_NAME = re.compile(r"^\..+\.(?:[a-z0-9_]{8}|\d+)\.tmp$")
+
+
+def sweep_temporary_files(run_dir: str | Path) -> list[Path]:
+    """Deletes the suite's temporary files (`TEMPORARY_NAME`) in `run_dir` and its folders, and returns them.
+    Only for the invocation that holds the run directory's lock (no live writer can own them); W&B's folder
+    and run directories nested inside (a `run_info.json` or `.lock` of their own) are left alone."""
+    run_dir = Path(run_dir)
+    removed = []
+    for root, dirs, files in os.walk(run_dir):
+        here = Path(root)
+        dirs[:] = [
+            d
+            for d in dirs
+            if d != "wandb" and not ((here / d / "run_info.json").exists() or (here / d / ".lock").exists())
+        ]
+        for name in files:
+            if TEMPORARY_NAME.match(name):
+                try:
+                    (here / name).unlink()
+                except FileNotFoundError:
+                    continue
+                removed.append(here / name)
+    return sorted(removed)

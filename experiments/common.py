@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from experiments import results, slurm
 from experiments import run_dir as rd
+from experiments.checkpoints import sweep_temporary_files
 from experiments.tracking import ImageFileLogger, wandb_run_info
 
 log = logging.getLogger("experiments")
@@ -34,6 +36,8 @@ def quiet_known_noise() -> None:
 
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdverts())
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # on a machine with SLURM installed, outside a SLURM job: the suite's SLURM path is sbatch/the launcher
+    warnings.filterwarnings("ignore", message=r".*The `srun` command is available on your system")
     # evaluate/test load a checkpoint written with training callbacks that test runs rightly do not have
     warnings.filterwarnings(
         "ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create"
@@ -116,7 +120,12 @@ def is_rank_zero() -> bool:
 
 @dataclass
 class Run:
-    """One invocation of an entry point and the run directory it owns."""
+    """One invocation of an entry point and the run directory it owns.
+
+    Rank zero first takes the directory's lock (`experiments/run_dir.py::RunLock`: a second live invocation
+    is refused, a stale lock taken over), then sweeps the temporary files of killed writes. In a directory
+    whose record is a completed run, this invocation is recorded under `later_invocations` and the completed
+    record, metrics.json and `.hydra/` stay until this one completes (`keep`). `close()` releases the lock."""
 
     cfg: DictConfig
     task: str
@@ -124,32 +133,95 @@ class Run:
     info: dict[str, Any] = field(init=False)
 
     def __post_init__(self) -> None:
-        """Under DDP every rank runs the entry point; only rank zero writes the run directory."""
+        """Under DDP every rank runs the entry point; only rank zero locks and writes the run directory."""
         quiet_known_noise()
         self.run_dir = Path(self.cfg.paths.output_dir)
         self.sweep = sweep_context()
-        # a SLURM job may only enter a run directory of its own submission (checked before any write, by rank
-        # zero: the other ranks of this invocation find the record rank zero has just written)
+        self.lock: rd.RunLock | None = None
         if is_rank_zero():
-            slurm.check_submission(
-                rd.read_run_info(self.run_dir), explicit_resume=self.cfg.get("ckpt_path") is not None
-            )
+            self.lock = rd.RunLock.acquire(self.run_dir, self.task, rd.command_line(self.task, hydra_overrides()))
+            try:
+                # a SLURM job may only enter a run directory of its own submission (checked before any write,
+                # by rank zero: the other ranks of this invocation find the record rank zero has just written)
+                slurm.check_submission(
+                    rd.read_run_info(self.run_dir), explicit_resume=self.cfg.get("ckpt_path") is not None
+                )
+            except BaseException:
+                self.close()
+                raise
+            if self.lock.took_over:
+                holder, why = self.lock.took_over
+                log.warning(
+                    "%s: took over the lock of pid %s on %s (%s, since %s): %s.",
+                    self.run_dir,
+                    holder.get("pid"),
+                    holder.get("host"),
+                    holder.get("task"),
+                    holder.get("started"),
+                    why,
+                )
+            removed = sweep_temporary_files(self.run_dir)
+            if removed:
+                log.warning(
+                    "Removed %d temporary file(s) left in %s by an interrupted write: %s",
+                    len(removed),
+                    self.run_dir,
+                    ", ".join(str(p.relative_to(self.run_dir)) for p in removed),
+                )
+        previous = rd.read_run_info(self.run_dir)
+        self.keep = rd.completed_index(previous)  # the completed run that stays the record until this completes
         self.info = rd.new_run_info(
             self.run_dir, Path(self.cfg.paths.root_dir), self.task, self.cfg.get("seed"), hydra_overrides()
         )
         slurm.confirm_requeue(self.info)
+        for rec in rd.mark_killed(self.info.get("previous_invocations", []), f"{self.task} (pid {os.getpid()})"):
+            log.warning(
+                "%s: the invocation started %s (pid %s) ended without a record: recorded as killed.",
+                self.run_dir,
+                rec.get("started"),
+                rec.get("pid", "?"),
+            )
+        if self.lock is not None:
+            self.info["pid"] = self.lock.record["pid"]
+            self.info["pid_start_ticks"] = self.lock.record["pid_start_ticks"]
         self.info["experiment"] = self.cfg.get("name")
         self.info["sweep"] = self.sweep
+        if self.keep is not None and is_rank_zero():
+            log.info(
+                "%s holds a completed run: this %s is recorded under later_invocations in run_info.json until it "
+                "completes; the completed record, metrics.json and .hydra/ stay as they are until then.",
+                self.run_dir,
+                self.task,
+            )
         self._write_info()
+        if self.keep is None:
+            self._write_hydra()
 
     def _write_info(self) -> None:
         if is_rank_zero():
-            rd.write_run_info(self.run_dir, self.info)
+            rd.write_run_info(self.run_dir, rd.file_record(self.info, self.keep))
+
+    def _write_hydra(self) -> None:
+        if is_rank_zero():
+            rd.write_hydra_files(self.run_dir, self.cfg)
+
+    def _becomes_the_record(self) -> None:
+        """This invocation completed: it replaces the completed run it found as the directory's record."""
+        if self.keep is not None:
+            self.keep = None
+            self._write_hydra()
+
+    def close(self) -> None:
+        """Releases the run directory's lock; idempotent. Done by `finish`, `complete` and `fail` (the last write
+        of an invocation), by train/evaluate at the end, and at interpreter exit."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     def previous_wandb_id(self) -> str | None:
         for inv in reversed(self.info.get("previous_invocations", [])):
             wb = inv.get("wandb") or {}
-            if wb.get("id"):
+            if wb.get("id") and inv.get("task", self.task) == self.task:
                 return wb["id"]
         return None
 
@@ -193,7 +265,9 @@ class Run:
         """Marks the run completed for entry points without a trainer or metrics.json (`enhance`); `extra`
         (what was written, what was skipped) goes into run_info.json."""
         self.info.update(status="completed", finished=rd.now(), **extra)
+        self._becomes_the_record()
         self._write_info()
+        self.close()
 
     def requeued(self, signal_name: str, checkpoint: Path | None, requeue_error: str | None) -> None:
         """Records an invocation stopped by a SLURM signal. `requeued`: SLURM runs the job again, which
@@ -217,6 +291,15 @@ class Run:
     def fail(self, err: BaseException) -> None:
         self.info.update(status="failed", finished=rd.now(), error=f"{type(err).__name__}: {err}")
         self._write_info()
+        self.close()
+
+    def stopped(self, status: str, signal_name: str) -> int:
+        """Records an invocation stopped by a signal outside SLURM's requeue path: `interrupted` (Ctrl-C) or
+        `terminated` (SIGTERM); returns its exit status (130, 143)."""
+        code = rd.STOP_EXIT_CODES[status]
+        self.info.update(status=status, finished=rd.now(), signal=signal_name, exit_code=code)
+        self._write_info()
+        return code
 
     def finish(
         self, trainer: pl.Trainer, metrics: dict[str, float], model: Any, datamodule: Any, **extra: Any
@@ -229,13 +312,18 @@ class Run:
         # multi-method runs (`test/<method>/<name>` keys): tables in metrics.json + results.md; per_image.csv
         # when the model has per-image rows (experiments/results.py, docs/DEVELOPING.md)
         tables = results.metric_tables(metrics, getattr(model, "table_order", None))
-        rd.write_metrics(self.run_dir, metrics, protocol, data, extra={"tables": tables} if tables else None)
+        scored = {"tested_checkpoint": extra.get("tested_checkpoint")} if "tested_checkpoint" in extra else {}
+        rd.write_metrics(
+            self.run_dir, metrics, protocol, data, extra={**scored, **({"tables": tables} if tables else {})}
+        )
         results.write_result_files(self.run_dir, model, tables, data, protocol)
         wb = wandb_run_info(trainer.loggers)
         self.info.update(status="completed", finished=rd.now(), wandb=wb, data=data, **extra)
+        self._becomes_the_record()
         self._write_info()
         finish_wandb()  # its own summary first, so the suite's table is the last thing printed
-        print_summary(self.run_dir, metrics, wb)
+        self.close()
+        print_summary(self.run_dir, metrics, wb, scored)
 
 
 def finish_wandb(exit_code: int = 0) -> None:
@@ -260,8 +348,35 @@ def split_metrics(callback_metrics: dict[str, Any], splits: tuple[str, ...]) -> 
     return {k: rd.to_float(v) for k, v in callback_metrics.items() if k.split("/", 1)[0] in splits}
 
 
-def print_summary(run_dir: Path, metrics: dict[str, float], wandb: dict[str, Any] | None) -> None:
-    lines = ["", rd.format_table(metrics, "metric"), f"Run directory: {run_dir}"]
+CONSOLE_ROWS = 24
+
+
+def console_metrics(metrics: dict[str, float], limit: int = CONSOLE_ROWS) -> dict[str, float]:
+    """The metrics for the closing console table: all of them when they fit, else the summary rows (the keys
+    with the fewest parts, e.g. `test/cls/psnr` before `test/<setting>/cls/psnr`), at most `limit`."""
+    if len(metrics) <= limit:
+        return metrics
+    depth = sorted(metrics, key=lambda k: (k.count("/"), k))
+    keep = [k for k in depth if k.count("/") == depth[0].count("/")]
+    if len(keep) < limit:
+        keep = depth[:limit]
+    return {k: metrics[k] for k in sorted(keep[:limit])}
+
+
+def print_summary(
+    run_dir: Path, metrics: dict[str, float], wandb: dict[str, Any] | None, scored: dict[str, Any] | None = None
+) -> None:
+    shown = console_metrics(metrics)
+    lines = ["", rd.format_table(shown, "metric")]
+    if len(shown) < len(metrics):
+        where = "metrics.json and results.md" if (run_dir / "results.md").exists() else "metrics.json"
+        lines.append(f"  ({len(shown)} of {len(metrics)} metrics shown, the summary rows; all of them in {where})")
+    lines.append(f"Run directory: {run_dir}")
+    if scored:
+        ckpt = scored.get("tested_checkpoint")
+        lines.append(
+            f"  test metrics of: {ckpt}" if ckpt else "  test metrics of: the weights at the end of fit (no checkpoint)"
+        )
     files = [
         p for p in ("metrics.json", "run_info.json", "results.md", "per_image.csv") if (run_dir / p).exists()
     ]
@@ -272,9 +387,17 @@ def print_summary(run_dir: Path, metrics: dict[str, float], wandb: dict[str, Any
     final = [p for p in images if p.relative_to(run_dir / "images").parts[0] == "test"] or images[-6:]
     if final:
         lines.append("  images: " + ", ".join(str(p.relative_to(run_dir)) for p in final))
+    samples = run_dir / "samples"
+    if (samples / "grid.png").is_file():  # experiments.sample
+        count = len(list((samples / "images").glob("*.png"))) if (samples / "images").is_dir() else 0
+        lines.append(
+            "  samples: samples/grid.png" + (f", samples/images/ ({count} PNG files, one per seed)" if count else "")
+        )
     if wandb and wandb.get("dir"):
         if wandb.get("mode") in ("offline", "dryrun"):
-            lines.append(f"  W&B (offline): {wandb['dir']}  -> upload with: wandb sync {wandb['dir']}")
+            wandb_cli = Path(sys.executable).parent / "wandb"
+            upload = str(wandb_cli) if wandb_cli.is_file() else f"{sys.executable} -m wandb"
+            lines.append(f"  W&B (offline): {wandb['dir']}  -> upload with: {upload} sync {wandb['dir']}")
         elif wandb.get("url"):
             lines.append(f"  W&B: {wandb['url']}")
     print("\n".join(lines), flush=True)

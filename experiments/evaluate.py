@@ -10,44 +10,62 @@ import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from core.errors import ConfigError
+from experiments import run_dir as rd
 from experiments.checkpoints import check_compatible
+from experiments.cli import entry_point
 from experiments.common import Run, finish_wandb, instantiate_group, log, split_metrics
-from experiments.config import config_path
+from experiments.config_checks import check_config
 from experiments.sweeps import run_job
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    rd.install_sigterm_handler()  # SIGTERM is recorded `terminated` (exit 143), Ctrl-C `interrupted` (130)
+    check_config(cfg)  # every refusal before the run directory is written
+    pl.seed_everything(cfg.seed, workers=True)
+    log.info("Instantiating datamodule <%s>", cfg.data._target_)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    log.info("Instantiating model <%s>", cfg.model._target_)
+    model = hydra.utils.instantiate(cfg.model)
+    ckpt_path = cfg.get("ckpt_path")
+    record = None
+    if ckpt_path:
+        record = {"path": str(ckpt_path), **check_compatible(ckpt_path, model)}
+    elif getattr(model, "needs_checkpoint", False):
+        raise ConfigError(
+            f"ckpt_path is required to evaluate {type(model).__name__} (experiment {cfg.get('name')!r}): "
+            "pass ckpt_path=<run dir>/checkpoints/<file>.ckpt"
+        )
+    if hasattr(model, "preflight"):
+        model.preflight(datamodule, cfg.trainer)
     run = Run(cfg, "evaluate")
     try:
-        pl.seed_everything(cfg.seed, workers=True)
-        log.info("Instantiating datamodule <%s>", cfg.data._target_)
-        datamodule = hydra.utils.instantiate(cfg.data)
-        log.info("Instantiating model <%s>", cfg.model._target_)
-        model = hydra.utils.instantiate(cfg.model)
-        ckpt_path = cfg.get("ckpt_path")
-        if ckpt_path:
-            run.info["checkpoint"] = {"path": str(ckpt_path), **check_compatible(ckpt_path, model)}
-        elif getattr(model, "needs_checkpoint", False):
-            raise ValueError(
-                f"ckpt_path is required to evaluate {type(model).__name__} (experiment {cfg.get('name')!r}): "
-                "pass ckpt_path=<run dir>/checkpoints/<file>.ckpt"
-            )
+        if record is not None:
+            run.info["checkpoint"] = record
         trainer = run.trainer(instantiate_group(cfg.get("callbacks"), "callback"), run.loggers())
         pl.seed_everything(
             cfg.seed, workers=True, verbose=False
         )  # the test draws the same noise however fit ran
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
         metrics = split_metrics(trainer.callback_metrics, ("test",))
-        run.finish(trainer, metrics, model, datamodule)
+        run.finish(trainer, metrics, model, datamodule, tested_checkpoint=ckpt_path)
     except BaseException as err:
+        stop = rd.stop_reason(err)
+        if stop is not None:  # Ctrl-C or SIGTERM: a stopped evaluation, not a failed one
+            code = run.stopped(*stop)
+            finish_wandb(exit_code=1)
+            log.warning("%s: stopped by %s, recorded as %s (exit %d).", run.run_dir, stop[1], stop[0], code)
+            raise SystemExit(code) from None
         run.fail(err)
         finish_wandb(exit_code=1)
         raise
+    finally:
+        run.close()
     finish_wandb()
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=config_path(), config_name="evaluate")
+@entry_point("evaluate")
 def main(cfg: DictConfig) -> dict[str, float] | None:
     return run_job(evaluate, cfg)
 

@@ -1,18 +1,24 @@
 """`python -m experiments.train experiment=<name> [overrides]`: fit, then test the best (or last) checkpoint.
 
-Resume a run with `hydra.run.dir=<its directory> ckpt_path=last` (or any checkpoint path).
+Resume a run with `hydra.run.dir=<its directory> ckpt_path=last` (or any checkpoint path). A completed run
+with nothing left to train is not tested again unless `retest=true` (it says so and exits 0). Ctrl-C is
+recorded `interrupted` (exit 130), SIGTERM `terminated` (exit 143); experiments/run_dir.py has the statuses.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from core.errors import ConfigError, MissingFileError
+from experiments import run_dir as rd
 from experiments.callbacks import CheckpointInfo, PerRankSeed
 from experiments.checkpoints import check_compatible, model_class_path
+from experiments.cli import entry_point
 from experiments.common import (
     Run,
     best_or_last_checkpoint,
@@ -21,8 +27,9 @@ from experiments.common import (
     is_rank_zero,
     log,
     split_metrics,
+    sweep_context,
 )
-from experiments.config import config_path
+from experiments.config_checks import check_config
 from experiments.slurm import (
     Requeued,
     RequeueRequested,
@@ -49,7 +56,7 @@ def resolve_resume(cfg: DictConfig) -> str | None:
     if str(ckpt) == "last":
         path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"ckpt_path=last: {path} does not exist. To resume, point hydra.run.dir at the run directory "
                 "that holds checkpoints/last.ckpt, or pass ckpt_path=<path to a .ckpt file>."
             )
@@ -63,7 +70,7 @@ def check_distributed(cfg: DictConfig, multirun: bool) -> None:
     check_allocation(t.get("devices", 1), t.get("num_nodes", 1))
     ddp = str(t.get("strategy", "auto")).startswith("ddp") and str(t.get("devices", 1)) not in ("1", "[0]")
     if ddp and multirun and not in_slurm_batch_job():
-        raise ValueError(
+        raise ConfigError(
             "trainer.strategy=ddp inside a local multirun (-m) is not supported: Lightning's launcher re-runs the "
             "command line, i.e. the whole sweep, in every rank. Run the jobs one at a time, or launch the sweep "
             "with hydra/launcher=slurm (one SLURM task per device)."
@@ -71,24 +78,38 @@ def check_distributed(cfg: DictConfig, multirun: bool) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Seed, compose data/model/callbacks/loggers/trainer from config, fit, test; returns the test metrics."""
-    install_signal_handlers()  # again: a launcher (submitit) installs its own when the job starts
+    """Seed, compose data/model/callbacks/loggers/trainer from config, fit, test; returns the test metrics.
+
+    Every check that can refuse the run (config values, the checkpoint to resume, the test's protocol under
+    the trainer's limits) runs before the run directory is written and before any training."""
+    if not install_signal_handlers():  # again: a launcher (submitit) installs its own when the job starts
+        rd.install_sigterm_handler()  # outside SLURM: SIGTERM is recorded `terminated`, exit 143
     threads_from_allocation()
+    check_config(cfg)
+    check_distributed(cfg, multirun=sweep_context() is not None)
+    run_dir = Path(cfg.paths.output_dir)
+    ckpt_path = resolve_resume(cfg)
+    requeued_from = requeue_resume_path(run_dir)
+    if requeued_from is not None:
+        log.info("SLURM restart: resuming from the run's newest checkpoint %s", requeued_from)
+        ckpt_path = str(requeued_from)
+    pl.seed_everything(cfg.seed, workers=True)
+    log.info("Instantiating datamodule <%s>", cfg.data._target_)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    log.info("Instantiating model <%s>", cfg.model._target_)
+    model = hydra.utils.instantiate(cfg.model)
+    if ckpt_path:
+        check_compatible(ckpt_path, model)
+    if cfg.get("test", True) and hasattr(model, "preflight"):
+        model.preflight(datamodule, cfg.trainer)
+    done = rd.completed_run_note(run_dir, ckpt_path, cfg)
+    if done is not None:  # nothing is written: the completed run's record and metrics.json stand
+        log.info("%s", done)
+        body = json.loads((run_dir / "metrics.json").read_text())
+        return {k: float(v) for k, v in body.items() if "/" in k and isinstance(v, int | float)}
     run = Run(cfg, "train")
     try:
-        ckpt_path = resolve_resume(cfg)
-        requeued_from = requeue_resume_path(run.run_dir)
-        if requeued_from is not None:
-            log.info("SLURM restart: resuming from the run's newest checkpoint %s", requeued_from)
-            ckpt_path = str(requeued_from)
-        check_distributed(cfg, multirun=run.sweep is not None)
-        pl.seed_everything(cfg.seed, workers=True)
-        log.info("Instantiating datamodule <%s>", cfg.data._target_)
-        datamodule = hydra.utils.instantiate(cfg.data)
-        log.info("Instantiating model <%s>", cfg.model._target_)
-        model = hydra.utils.instantiate(cfg.model)
         if ckpt_path:
-            check_compatible(ckpt_path, model)
             run.info["resumed_from"] = ckpt_path
         info = {
             "model_class": model_class_path(model),
@@ -105,7 +126,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
             callbacks.append(SlurmRequeue(run.run_dir))
         trainer = run.trainer(callbacks, run.loggers())
         metrics: dict[str, float] = {}
-        if cfg.get("train", True):
+        fits = type(model).training_step is not pl.LightningModule.training_step
+        if cfg.get("train", True) and not fits:
+            log.info("%s has nothing to train (no training_step): testing only.", type(model).__name__)
+        if cfg.get("train", True) and fits:
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
             metrics.update(split_metrics(trainer.callback_metrics, ("val",)))
             if requested():  # signalled between fit and test: last.ckpt holds the finished fit
@@ -113,7 +137,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         tested = None
         if cfg.get("test", True):
             tested = best_or_last_checkpoint(trainer)
-            if tested is None:
+            if tested is None and fits and cfg.get("train", True):
                 log.warning(
                     "No checkpoint was written (fast_dev_run or checkpointing disabled): testing the current weights."
                 )
@@ -138,9 +162,24 @@ def train(cfg: DictConfig) -> dict[str, float]:
     except Terminated:
         stop_for_slurm(run, "SIGTERM", None)
     except BaseException as err:
+        stop = rd.stop_reason(err)
+        if stop is not None:  # Ctrl-C or SIGTERM outside SLURM: a stopped run, not a failed one
+            code = run.stopped(*stop)
+            finish_wandb(exit_code=1)
+            log.warning(
+                "%s: stopped by %s, recorded as %s (exit %d). Resume with hydra.run.dir=%s ckpt_path=last.",
+                run.run_dir,
+                stop[1],
+                stop[0],
+                code,
+                run.run_dir,
+            )
+            raise SystemExit(code) from None
         run.fail(err)
         finish_wandb(exit_code=1)
         raise
+    finally:
+        run.close()
     finish_wandb()
     return metrics
 
@@ -190,7 +229,7 @@ def stop_for_slurm(run: Run, signal_name: str, checkpoint: Path | None) -> None:
     raise Requeued(f"{signal_name}{where}")
 
 
-@hydra.main(version_base="1.3", config_path=config_path(), config_name="train")
+@entry_point("train")
 def main(cfg: DictConfig) -> dict[str, float] | None:
     return run_job(train, cfg)
 

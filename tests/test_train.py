@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from tests.helpers import SimulatedCrash
 # small but real: a few batches per epoch, a short NLL estimate
 FAST = [
     "experiment=vae_mnist",
-    "+trainer.limit_train_batches=8",
+    "trainer.limit_train_batches=8",
     "model.nll_samples=16",
     "model.image_every_n_epochs=1",
 ]
@@ -72,8 +73,13 @@ def test_cli_writes_the_run_directory_contract(tmp_path):
 
 
 def test_evaluate_is_seeded_and_refuses_a_missing_checkpoint(tmp_path, compose_cfg):
-    train(compose_cfg("train", [*FAST, "trainer.max_epochs=1", "logger=none"], run_dir=tmp_path / "train"))
-    ckpt = tmp_path / "train" / "checkpoints" / "last.ckpt"
+    trained = train(
+        compose_cfg("train", [*FAST, "trainer.max_epochs=1", "logger=none"], run_dir=tmp_path / "train")
+    )
+    recorded = json.loads((tmp_path / "train" / "metrics.json").read_text())["tested_checkpoint"]
+    assert recorded == json.loads((tmp_path / "train" / "run_info.json").read_text())["tested_checkpoint"]
+    ckpt = Path(recorded)
+    assert ckpt.parent == tmp_path / "train" / "checkpoints" and ckpt.is_file()
     evals = [
         evaluate(
             compose_cfg(
@@ -91,6 +97,9 @@ def test_evaluate_is_seeded_and_refuses_a_missing_checkpoint(tmp_path, compose_c
         for i, s in enumerate((0, 0, 1))
     ]
     assert evals[0] == evals[1]  # seed 0 is a seed: the NLL estimate repeats exactly
+    # the checkpoint train tested gives train's own test numbers in evaluate (both seed the test stage)
+    assert {k: v for k, v in trained.items() if k.startswith("test/")} == evals[0]
+    assert json.loads((tmp_path / "eval0" / "metrics.json").read_text())["tested_checkpoint"] == str(ckpt)
     assert evals[0]["test/nll"] != evals[2]["test/nll"]
     assert json.loads((tmp_path / "eval0" / "metrics.json").read_text())["test/nll"] == pytest.approx(
         evals[0]["test/nll"]
@@ -153,8 +162,9 @@ def test_crash_keeps_last_checkpoint_and_records_the_failure(tmp_path, compose_c
     assert last.read_bytes() == before
     torch.load(last, map_location="cpu", weights_only=True)  # still a valid checkpoint
     info = json.loads((run_dir / "run_info.json").read_text())
-    assert info["status"] == "failed" and "simulated crash" in info["error"]
-    assert info["previous_invocations"][0]["status"] == "completed"
+    # the completed run stays the directory's record; the failed resume is recorded after it
+    assert info["status"] == "completed" and [i["status"] for i in info["later_invocations"]] == ["failed"]
+    assert "simulated crash" in info["later_invocations"][0]["error"]
 
 
 def test_resume_last_without_a_checkpoint_is_a_clear_error(tmp_path, compose_cfg):
@@ -169,7 +179,7 @@ def test_checkpoint_of_another_model_is_refused(tmp_path, compose_cfg):
             [
                 "experiment=vae_mnist_conv",
                 "trainer.max_epochs=1",
-                "+trainer.limit_train_batches=2",
+                "trainer.limit_train_batches=2",
                 "logger=none",
                 "test=false",
             ],
