@@ -27,3 +27,7 @@ class InputError(UserError, ValueError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file or folder the config points at does not exist."""
+
+
+class NetworkError(UserError, ConnectionError):
+    """A server (W&B, the Hugging Face hub) the config needs did not answer; the message gives the offline way."""

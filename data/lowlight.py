@@ -60,6 +60,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from core.errors import NetworkError
+from core.network import hub_access
 from data.common import ResumableDataLoader, batches_consumed
 from data.images import (
     IMAGE_EXTENSIONS,
@@ -312,6 +314,7 @@ def resolve_hf_path(path_or_id: str, revision: str | None = None) -> Path:
         "Offline alternatives: data.source=synthetic (the embedded default) or data.source=local "
         "data.path=<the data set in its standard layout>, or data.hf.path=<a local snapshot folder>."
     )
+    hub_access(f"data.hf.path={path_or_id}")  # bounded: a few seconds, then the local cache only
     try:
         from huggingface_hub import snapshot_download
 
@@ -322,7 +325,7 @@ def resolve_hf_path(path_or_id: str, revision: str | None = None) -> Path:
             if _hf_offline()
             else "Downloading it needs a network connection to huggingface.co."
         )
-        raise ConnectionError(
+        raise NetworkError(
             f"data.source=hf: could not get {path_or_id!r} ({type(err).__name__}: {err}). {hint} {alternatives}"
         ) from err
 

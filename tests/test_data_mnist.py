@@ -173,3 +173,31 @@ def test_hub_offline_fails_fast_naming_alternatives():
 def test_unknown_source_is_refused():
     with pytest.raises(ValueError, match="embedded"):
         MNISTDataModule(source="s3")
+
+
+def test_hub_on_a_blackholed_network_falls_back_to_the_cache_within_seconds(monkeypatch, caplog):
+    """data.source=hub with no answer from the hub: a few seconds, then the local cache only (offline) and a
+    clear error naming the offline alternatives, not a hang of minutes."""
+    import socket
+    import time
+
+    from core.errors import NetworkError
+    from data.mnist import read_hub
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+
+    def blackhole(address, timeout=None):
+        time.sleep(min(timeout or 0, 0.2))
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", blackhole)
+    monkeypatch.setenv("HF_HOME", "/nonexistent-hf-home")  # an empty cache
+    start = time.perf_counter()
+    with pytest.raises(NetworkError, match="data.source=embedded"):
+        read_hub("nobody/no-such-mnist")
+    assert time.perf_counter() - start < 60
+    assert "did not answer" in caplog.text
+    import os
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "1"

@@ -348,3 +348,30 @@ def test_tiles_cover_the_image_and_blend_exactly_for_pixelwise_maps():
     assert seen[-1] == (len(tile_starts(37, 16, 4)) * len(tile_starts(53, 16, 4)),) * 2
     with pytest.raises(ValueError, match="larger than overlap"):
         tile_starts(10, 4, 4)
+
+
+def test_memory_limit_auto_follows_cgroups_and_rlimits(tmp_path, monkeypatch):
+    """memory_limit_mb=auto is held to the cgroup's limit (v1 and v2) and RLIMIT_AS, not the machine's free
+    memory (a container or SLURM job with --mem has far less than MemAvailable)."""
+    import resource
+
+    from experiments.enhance import cpu_memory_limits_mb
+
+    proc, cg = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text("MemTotal: 24000000 kB\nMemAvailable:   20480000 kB\n")
+    (proc / "self" / "cgroup").write_text("0::/job_1\n")
+    (cg / "job_1").mkdir(parents=True)
+    (cg / "job_1" / "memory.max").write_text(str(2 * 2**30))
+    (cg / "job_1" / "memory.current").write_text(str(2**29))
+    limits = cpu_memory_limits_mb(proc, cg)
+    assert limits["MemAvailable"] == 20000 and limits["cgroup v2 memory.max"] == 1536
+    (cg / "job_1" / "memory.max").write_text("max\n")  # no v2 limit
+    (proc / "self" / "cgroup").write_text("4:memory:/slurm/job_2\n0::/\n")
+    (cg / "memory" / "slurm" / "job_2").mkdir(parents=True)
+    (cg / "memory" / "slurm" / "job_2" / "memory.limit_in_bytes").write_text(str(2**30))
+    (cg / "memory" / "slurm" / "job_2" / "memory.usage_in_bytes").write_text(str(2**28))
+    limits = cpu_memory_limits_mb(proc, cg)
+    assert limits["cgroup v1 memory.limit_in_bytes"] == 768 and "cgroup v2 memory.max" not in limits
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (512 * 2**20, resource.RLIM_INFINITY))
+    assert cpu_memory_limits_mb(proc, cg)["RLIMIT_AS"] == 512

@@ -22,8 +22,37 @@ def test_no_key_means_offline(clean_env):
     assert resolve_wandb_mode() == ("offline", True)
 
 
+@pytest.fixture(autouse=True)
+def _server_answers(monkeypatch):
+    """No test touches the network: the W&B server "answers" unless a test says otherwise."""
+    import experiments.tracking as tracking
+
+    monkeypatch.setattr(tracking, "server_reachable", lambda url, timeout=5.0: True)
+
+
+def test_a_key_without_a_network_falls_back_to_offline_within_seconds(clean_env, monkeypatch, caplog):
+    import socket
+    import time
+
+    import experiments.tracking as tracking
+
+    monkeypatch.undo()  # the real probe, against a blackholed connect
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(clean_env))
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+
+    def blackhole(address, timeout=None):
+        time.sleep(min(timeout or 0, 0.2))
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(socket, "create_connection", blackhole)
+    start = time.perf_counter()
+    assert tracking.resolve_wandb_mode() == ("offline", True)
+    assert time.perf_counter() - start < 5 and "did not answer" in caplog.text
+
+
 def test_netrc_key_means_online(clean_env):
-    clean_env.write_text("machine api.wandb.ai\n  login user\n  password abc123\n")
+    clean_env.write_text("machine api.wandb.ai\n  login user\n  password " + "c" * 40 + "\n")  # a well-formed key
     clean_env.chmod(0o600)
     assert has_wandb_api_key() and resolve_wandb_mode() == ("online", True)
 
@@ -61,3 +90,24 @@ def test_image_file_logger_layout(tmp_path):
     assert (tmp_path / "test" / "samples.png").is_file()
     with pytest.raises(TypeError, match="uint8"):
         lg.log_image("val/x", [img.astype(np.float32)], step=1)
+
+
+def test_the_netrc_entry_wandb_login_writes_means_online(clean_env):
+    """wandb 0.31's `wandb login` writes the entry of its own default host (api.forge.coreweave.com), not
+    api.wandb.ai: the suite must find it where wandb does (it used to look up api.wandb.ai only)."""
+    from wandb.sdk.lib.wbauth.wbnetrc import write_netrc_auth
+
+    from experiments.tracking import wandb_base_url
+
+    write_netrc_auth(host=wandb_base_url(), api_key="k" * 40)
+    assert "machine api.wandb.ai" not in clean_env.read_text() or wandb_base_url().endswith("api.wandb.ai")
+    assert has_wandb_api_key() and resolve_wandb_mode() == ("online", True)
+
+
+def test_a_custom_server_uses_its_own_netrc_entry(clean_env, monkeypatch):
+    clean_env.write_text("machine api.wandb.ai\n  login user\n  password " + "a" * 40 + "\n")
+    clean_env.chmod(0o600)
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    assert not has_wandb_api_key()  # a key for another server is not a key for this one
+    clean_env.write_text("machine wandb.example.org\n  login user\n  password " + "b" * 40 + "\n")
+    assert has_wandb_api_key()
