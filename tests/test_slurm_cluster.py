@@ -213,10 +213,11 @@ def test_scontrol_requeue_resumes_from_the_latest_state_with_one_last_ckpt(clust
 
 def test_time_limited_job_is_requeued_before_its_limit_and_continues_bit_for_bit(cluster, tmp_path):
     """`--time=2 --signal=USR1@80`: SLURM sends SIGUSR1 80-140 s before the limit (it checks limits about
-    once a minute), i.e. 0-40 s into each run, so a job of ~90 s is requeued at least once; each restart
-    starts a new time limit."""
+    once a minute), i.e. 0-40 s into each run, so a job longer than that is requeued at least once; each
+    restart starts a new time limit. 50 epochs: ~55 s on an idle 2-core machine (25 epochs took 28 s and
+    finished before the signal), longer under load (more requeues, each resuming mid-epoch)."""
     logs = tmp_path / "logs"
-    args = [a if not a.startswith("trainer.max_epochs") else "trainer.max_epochs=25" for a in JOB_ARGS]
+    args = [a if not a.startswith("trainer.max_epochs") else "trainer.max_epochs=50" for a in JOB_ARGS]
     straight = submit(cluster, logs, "--cpus-per-task=1", args=args)
     job = submit(cluster, logs, "--cpus-per-task=1", "--time=2", "--signal=USR1@80", args=args)
     assert wait_done(cluster, straight, logs, timeout=600) == ["COMPLETED"], job_log(logs)
