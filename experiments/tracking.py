@@ -20,6 +20,8 @@ import numpy as np
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
+from core.network import PROBE_TIMEOUT_S, reachable
+
 log = logging.getLogger(__name__)
 
 
@@ -60,20 +62,9 @@ def has_wandb_api_key() -> bool:
     return bool(auth and auth[2])
 
 
-PROBE_TIMEOUT_S = 5.0
-
-
-def server_reachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """Whether a TCP connection to the server of `url` opens within `timeout` seconds (no request sent)."""
-    import socket
-
-    parts = urlparse(url)
-    port = parts.port or (443 if parts.scheme != "http" else 80)
-    try:
-        with socket.create_connection((parts.hostname or "", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+def server_reachable(url: str) -> bool:
+    """Whether the W&B server answers within PROBE_TIMEOUT_S (core.network.reachable; tests replace this)."""
+    return reachable(url, PROBE_TIMEOUT_S)
 
 
 def resolve_wandb_mode() -> tuple[str, bool]:

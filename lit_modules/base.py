@@ -7,8 +7,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from lit_modules.images import make_grid, to_uint8
-
 
 def planned_test_examples(datamodule: Any, limits: Any) -> int:
     """How many test examples `trainer.test` will see under the trainer's limits (`fast_dev_run`,
@@ -104,24 +102,3 @@ class SuiteModule(pl.LightningModule):
         the trainer draws bars."""
         trainer = self._trainer
         return trainer is None or (trainer.is_global_zero and trainer.progress_bar_callback is not None)
-
-    def log_image_grid(
-        self,
-        key: str,
-        images: torch.Tensor,
-        nrow: int = 8,
-        value_range: tuple[float, float] = (0.0, 1.0),
-        caption: str | None = None,
-    ) -> None:
-        """Logs (N, C, H, W) images as one uint8 grid to every attached logger that takes images
-        (W&B, and the PNG writer the entry points always attach). Rank zero only."""
-        if self.trainer is None or not self.trainer.is_global_zero:
-            return
-        grid = to_uint8(
-            make_grid(images.detach().float().cpu(), nrow=nrow, pad_value=value_range[1]), value_range
-        )
-        for logger in self.loggers:
-            log_image = getattr(logger, "log_image", None)
-            if callable(log_image):
-                kwargs = {"caption": [caption]} if caption else {}
-                log_image(key=key, images=[grid], step=self.global_step, **kwargs)
