@@ -1,6 +1,6 @@
 """Errors the user can fix: a bad config key or value, a missing or unreadable file, data of the wrong kind.
 
-The entry points (`experiments.cli`) print the message of such an error alone, without a traceback, and
+The entry points (`runtime.cli`) print the message of such an error alone, without a traceback, and
 exit with status 2; `HYDRA_FULL_ERROR=1` or `--debug` shows the full trace. Every other exception is a bug
 and keeps its traceback. A message names the key or file and says what was expected.
 

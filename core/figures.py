@@ -17,29 +17,34 @@ centred in cells as large as the largest tile. Text is PIL's default font, black
 text is clipped to its own box, so a box without a label stays blank.
 
 `figure_layout(...)` computes the same geometry without drawing (the boxes of every strip and tile), for
-callers and tests that need to know where things are. This module is a leaf: numpy, PIL and (optionally,
-for tensor input) torch only.
+callers and tests that need to know where things are; the text (font, wrapping, text boxes) is
+`core.figure_text`. This module is a leaf: numpy, PIL and (optionally, for tensor input) torch only.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-BACKGROUND = 255  # label strips, captions and the margin
+from core.figure_text import (
+    BACKGROUND,
+    DEFAULT_FONT_SIZE,
+    PAD,
+    load_font,
+    render_text_box,
+    strip_height,
+    text_width,
+    wrap,
+)
+
 SEPARATOR = 176  # the thin lines between cells
-TEXT = 0
 MARGIN = 4  # white border around the whole figure
-PAD = 3  # space between a text box's edge and its text
 DEFAULT_MIN_SIZE = 64
 DEFAULT_MAX_SCALE = 8
-DEFAULT_FONT_SIZE = 12
 
 Box = tuple[int, int, int, int]  # (top, left, height, width)
 
@@ -96,92 +101,6 @@ def upscale(tile: np.ndarray, scale: int) -> np.ndarray:
     if scale == 1:
         return tile
     return np.repeat(np.repeat(tile, scale, axis=0), scale, axis=1)
-
-
-# ------------------------------------------------------------------------------------------ text
-@lru_cache(maxsize=8)
-def load_font(size: int = DEFAULT_FONT_SIZE) -> Any:
-    """PIL's default font at `size` px (Pillow >= 10.1), or its fixed-size bitmap default on older Pillow."""
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: no size argument
-        return ImageFont.load_default()
-
-
-def _text_width(text: str, font: Any) -> int:
-    return int(math.ceil(font.getbbox(text)[2])) if text else 0
-
-
-def line_height(font: Any) -> int:
-    """Pixels per line of text (the bottom of the lowest glyphs, plus one)."""
-    return int(math.ceil(font.getbbox("Agy|")[3])) + 1
-
-
-def _greedy(pieces: list[str], width: int, font: Any, sep: str) -> list[str]:
-    lines, line = [], ""
-    for piece in pieces:
-        candidate = f"{line}{sep}{piece}" if line else piece
-        if not line or _text_width(candidate, font) <= width:
-            line = candidate
-        else:
-            lines.append(line)
-            line = piece
-    return [*lines, line]
-
-
-def _break_word(word: str, width: int, font: Any) -> list[str]:
-    """A word wider than `width` -> pieces that fit: broken after '_', '-', '/' or '.' where possible,
-    else between characters."""
-    if _text_width(word, font) <= width:
-        return [word]
-    parts = [p for p in re.split(r"(?<=[_\-/.])", word) if p]
-    out = []
-    for line in _greedy(parts, width, font, ""):
-        out += [line] if _text_width(line, font) <= width else _greedy(list(line), width, font, "")
-    return out
-
-
-def wrap(text: str | None, width: int | None, font: Any) -> list[str]:
-    """Lines of `text`: explicit newlines kept, then words wrapped greedily to `width` px (None: no
-    wrapping); a word wider than `width` is broken (after '_', '-', '/', '.', else between characters)."""
-    if not text:
-        return []
-    lines: list[str] = []
-    for paragraph in str(text).split("\n"):
-        words = paragraph.split(" ")
-        if width is None:
-            lines.append(paragraph)
-            continue
-        pieces = [piece for word in words for piece in _break_word(word, width, font)]
-        lines += _greedy(pieces, width, font, " ")
-    return lines
-
-
-def _strip_height(lines_per_box: Sequence[list[str]], font: Any) -> int:
-    most = max((len(lines) for lines in lines_per_box), default=0)
-    return most * line_height(font) + 2 * PAD if most else 0
-
-
-def render_text_box(
-    height: int, width: int, lines: list[str], font: Any, align: str = "center"
-) -> np.ndarray:
-    """(height, width) uint8: the lines in black on white, vertically centred, aligned "left"/"center";
-    nothing is drawn outside the box."""
-    from PIL import Image, ImageDraw
-
-    img = Image.new("L", (max(1, width), max(1, height)), BACKGROUND)
-    if lines:
-        draw = ImageDraw.Draw(img)
-        lh = line_height(font)
-        y = (height - len(lines) * lh) // 2
-        for line in lines:
-            w = _text_width(line, font)
-            x = PAD if align == "left" else max(PAD, (width - w) // 2)
-            draw.text((x, y), line, fill=TEXT, font=font)
-            y += lh
-    return np.asarray(img)[:height, :width]
 
 
 # ------------------------------------------------------------------------------------------ layout
@@ -274,6 +193,31 @@ def _labels(labels: Sequence[str | None] | None, n: int, what: str) -> list[str 
     return labels
 
 
+def _grid_shape(
+    sizes: list[tuple[int, int] | None], ncols: int | None, col_labels: Sequence[str | None] | None
+) -> tuple[int, int]:
+    """(nrows, ncols): `ncols` defaults to the number of column labels, else min(8, number of tiles)."""
+    if not sizes or all(s is None for s in sizes):
+        raise ValueError("a figure needs at least one tile")
+    if ncols is None:
+        ncols = len(col_labels) if col_labels is not None else min(8, len(sizes))
+    if ncols < 1:
+        raise ValueError(f"ncols must be >= 1, got {ncols}")
+    return math.ceil(len(sizes) / ncols), ncols
+
+
+def _cell_scale(
+    sizes: list[tuple[int, int] | None], min_size: int, max_scale: int, scale: int | None
+) -> tuple[int, int, int]:
+    """(s, src_h, src_w): the upscaling factor and the largest tile's source size."""
+    src_h = max(s[0] for s in sizes if s is not None)
+    src_w = max(s[1] for s in sizes if s is not None)
+    s = int(scale) if scale is not None else upscale_factor(src_h, src_w, min_size, max_scale)
+    if s < 1:
+        raise ValueError(f"scale must be >= 1, got {scale}")
+    return s, src_h, src_w
+
+
 def figure_layout(
     tile_sizes: Sequence[tuple[int, int] | None],
     ncols: int | None = None,
@@ -295,21 +239,11 @@ def figure_layout(
     blank. `scale` fixes the upscaling factor, otherwise it is `upscale_factor(cell, min_size, max_scale)`.
     """
     sizes = list(tile_sizes)
-    if not sizes or all(s is None for s in sizes):
-        raise ValueError("a figure needs at least one tile")
-    if ncols is None:
-        ncols = len(col_labels) if col_labels is not None else min(8, len(sizes))
-    if ncols < 1:
-        raise ValueError(f"ncols must be >= 1, got {ncols}")
-    nrows = math.ceil(len(sizes) / ncols)
+    nrows, ncols = _grid_shape(sizes, ncols, col_labels)
     row_labels = _labels(row_labels, nrows, "row_labels (one per row)")
     col_labels = _labels(col_labels, ncols, "col_labels (one per column)")
     captions = _labels(captions, len(sizes), "captions (one per tile)")
-    src_h = max(s[0] for s in sizes if s is not None)
-    src_w = max(s[1] for s in sizes if s is not None)
-    s = int(scale) if scale is not None else upscale_factor(src_h, src_w, min_size, max_scale)
-    if s < 1:
-        raise ValueError(f"scale must be >= 1, got {scale}")
+    s, src_h, src_w = _cell_scale(sizes, min_size, max_scale, scale)
     cell_h, cell_w = src_h * s, src_w * s
     font = load_font(font_size)
     text_w = cell_w - 2 * PAD
@@ -317,14 +251,13 @@ def figure_layout(
     col_lines = [wrap(t, text_w, font) for t in col_labels] if col_labels else []
     cap_lines = [wrap(t, text_w, font) for t in captions] if captions else []
     row_lines = [wrap(t, None, font) for t in row_labels] if row_labels else []
-    col_label_h = _strip_height(col_lines, font)
-    caption_h = _strip_height(cap_lines, font)
-    widest = max((_text_width(line, font) for lines in row_lines for line in lines), default=0)
+    widest = max((text_width(line, font) for lines in row_lines for line in lines), default=0)
     row_label_w = widest + 4 * PAD if widest else 0  # PAD left, 3 PAD before the cells
 
     width = MARGIN + row_label_w + gap + ncols * (cell_w + gap) + MARGIN
     title_lines = wrap(title, width - 2 * MARGIN - 2 * PAD, font)
-    title_h = _strip_height([title_lines], font)
+    title_h, col_label_h = strip_height([title_lines], font), strip_height(col_lines, font)
+    caption_h = strip_height(cap_lines, font)
     height = MARGIN + title_h + col_label_h + gap + nrows * (cell_h + caption_h + gap) + MARGIN
     return FigureLayout(
         nrows=nrows,

@@ -7,15 +7,22 @@ suite's DataModules hand over test images at full resolution; a model pads, runs
 
 so every output pixel corresponds to an input pixel and metrics compare images of the ground truth's size.
 NeRCo's released test code instead *resizes* to a multiple of 4 (CycleGAN's `__make_power_2`, bicubic);
-`resize_to_multiple` reproduces that for a faithful run (REFERENCE.md section 1).
+`resize_to_multiple` reproduces that for a faithful run (docs/references.md section 1).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from core.errors import ConfigError
+
+VALUE_RANGES = ((0.0, 1.0), (-1.0, 1.0))
 
 # ITU-R BT.601 luma weights (OpenCV's RGB2GRAY, PIL's "L")
 GREY_WEIGHTS = (0.299, 0.587, 0.114)
@@ -90,3 +97,38 @@ def resize_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     if (nh, nw) == (h, w):
         return x
     return F.interpolate(x, size=(nh, nw), mode="bicubic", align_corners=False)
+
+
+def check_value_range(value_range: Any) -> tuple[float, float]:
+    vr = tuple(float(v) for v in value_range)
+    if vr not in VALUE_RANGES:
+        raise ConfigError(f"value_range must be [0, 1] or [-1, 1], got {list(value_range)}")
+    return vr  # type: ignore[return-value]
+
+
+def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
+    """Tiles (N, C, H, W) images row by row into one (C, H', W') image, `nrow` images per row."""
+    if images.ndim != 4:
+        raise ValueError(f"make_grid expects (N, C, H, W), got shape {tuple(images.shape)}")
+    n, c, h, w = images.shape
+    ncol = min(nrow, n)
+    nrows = math.ceil(n / ncol)
+    grid = images.new_full((c, nrows * (h + padding) + padding, ncol * (w + padding) + padding), pad_value)
+    for k in range(n):
+        r, q = divmod(k, ncol)
+        top, left = padding + r * (h + padding), padding + q * (w + padding)
+        grid[:, top : top + h, left : left + w] = images[k]
+    return grid
+
+
+def to_uint8(image: torch.Tensor, value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
+    """(C, H, W) float in `value_range` -> (H, W) for grey or (H, W, C) uint8, rounded and clipped.
+
+    W&B stores float images as-is and shows [0, 1] floats as black, so every logged image goes through here.
+    """
+    lo, hi = value_range
+    x = (image.detach().float().cpu() - lo) / (hi - lo)
+    x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    if x.ndim == 3:
+        x = x[0] if x.shape[0] == 1 else x.permute(1, 2, 0)
+    return x.numpy()

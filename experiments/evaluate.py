@@ -11,12 +11,12 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from core.errors import ConfigError
-from experiments import run_dir as rd
-from experiments.checkpoints import check_compatible
-from experiments.cli import entry_point
-from experiments.common import Run, finish_wandb, instantiate_group, log, split_metrics
-from experiments.config_checks import check_config
-from experiments.sweeps import run_job
+from runtime import run_dir as rd
+from runtime.checkpoints import check_compatible
+from runtime.cli import entry_point
+from runtime.config_checks import check_config
+from runtime.run import Run, finish_wandb, instantiate_group, log, split_metrics
+from runtime.sweeps import run_job
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

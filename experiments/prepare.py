@@ -18,8 +18,8 @@ import hydra
 from omegaconf import DictConfig
 
 from core.errors import ConfigError, UserError
-from experiments.cli import entry_point
-from experiments.run_dir import write_json_atomic
+from core.files import write_json_atomic
+from runtime.cli import entry_point
 
 log = logging.getLogger("experiments")
 

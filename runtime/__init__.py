@@ -1,8 +1,11 @@
-"""Entry points (`python -m experiments.<name>`) and the run-directory machinery they share."""
+"""What the entry points run on: the run directory, callbacks, checkpoints, SLURM, trackers, configs and the CLI contract.
+
+Imported first by every entry point (`experiments/__init__.py`), so the SIGUSR1 guard below is in place before
+anything slow is imported."""
 
 import os as _os
 
-EARLY_SIGNALS: list[str] = []  # SIGUSR1 received before `train` installed its handlers (experiments.slurm)
+EARLY_SIGNALS: list[str] = []  # SIGUSR1 received before `train` installed its handlers (runtime.slurm)
 
 if "SLURM_JOB_ID" in _os.environ and _os.name != "nt":
     # In a SLURM job, SIGUSR1 (a requeue request, `--signal=USR1@<s>`) must not kill the process during

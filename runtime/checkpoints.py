@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from pytorch_lightning.plugins import TorchCheckpointIO
 from torch import nn
 
 from core.errors import InputError, MissingFileError
-from data.images import write_atomic
+from core.files import write_atomic
 
 
 class CheckpointMismatchError(InputError):
@@ -30,7 +31,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         # torch's own text suggests weights_only=False (running the file's pickled code): not advice to relay
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "weights_only" in str(err):
-            first = "it holds objects other than tensors and plain containers (not a checkpoint of this suite)"
+            first = (
+                "it holds objects other than tensors and plain containers (not a checkpoint of this suite)"
+            )
         raise CheckpointMismatchError(
             f"ckpt_path={path}: not a readable PyTorch checkpoint ({first[:200]}). Expected a .ckpt file written "
             "by experiments.train (checkpoints/last.ckpt or best-*.ckpt of a run directory)."
@@ -93,7 +96,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 # The suite's temporary names: `data.images.write_atomic` (checkpoints via AtomicCheckpointIO, run-directory
-# JSON, PNGs) writes `.<name>.<8 characters of mkstemp>.tmp` beside the target, `experiments.callbacks.
+# JSON, PNGs) writes `.<name>.<8 characters of mkstemp>.tmp` beside the target, `runtime.callbacks.
 # replace_with_link` (last.ckpt as a link) `.<name>.<pid>.tmp`. A SIGKILL between the write and the rename
 # leaves one behind, possibly as large as a checkpoint.
 TEMPORARY_NAME = re.compile(r"^\..+\.(?:[a-z0-9_]{8}|\d+)\.tmp$")
@@ -120,3 +123,55 @@ def sweep_temporary_files(run_dir: str | Path) -> list[Path]:
                     continue
                 removed.append(here / name)
     return sorted(removed)
+
+
+def model_from_checkpoint(
+    ckpt_path: str | Path,
+    *,
+    accept: Callable[[type], bool] | None = None,
+    expected: str = "a model of this suite",
+    overrides: dict[str, Any] | None = None,
+    fallback_config: Any = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The one loader of "the model a checkpoint describes": the LightningModule rebuilt from the checkpoint's
+    own `suite.model_config` record (with `overrides` applied to that config first, e.g. switching off a
+    training-only metric), its weights loaded strictly, in eval mode. Returns (model, suite record).
+
+    `accept(model_class)` refuses a checkpoint of the wrong kind before anything is built, with an error naming
+    what wrote it and `expected` (what the caller needs). `fallback_config` is used for a checkpoint without a
+    record (written before records existed). Raises CheckpointMismatchError / MissingFileError."""
+    import hydra
+    from omegaconf import OmegaConf
+
+    ckpt = load_checkpoint(ckpt_path)
+    suite = ckpt.get("suite") or {}
+    record = suite.get("model_config")
+    if record is None and fallback_config is None:
+        raise CheckpointMismatchError(
+            f"ckpt_path={ckpt_path} has no suite record (the model's config), so the model it holds cannot be "
+            f"rebuilt; expected a checkpoint written by experiments.train of {expected}"
+        )
+    model_cfg = OmegaConf.create(record) if record is not None else OmegaConf.create(fallback_config)
+    for key, value in (overrides or {}).items():
+        if key in model_cfg:
+            model_cfg[key] = value
+    if accept is not None:
+        cls = hydra.utils.get_class(model_cfg._target_)
+        if not accept(cls):
+            raise CheckpointMismatchError(
+                f"ckpt_path={ckpt_path} is not a checkpoint of {expected}: it was written by "
+                f"{suite.get('model_class') or model_cfg._target_} (experiment {suite.get('experiment')!r})"
+            )
+    model = hydra.utils.instantiate(model_cfg)
+    written_by = suite.get("model_class")
+    if written_by and written_by != model_class_path(model):
+        raise CheckpointMismatchError(
+            f"ckpt_path={ckpt_path} was written by {written_by}, but its record builds {model_class_path(model)}"
+        )
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as err:
+        raise CheckpointMismatchError(
+            f"ckpt_path={ckpt_path} does not fit {model_class_path(model)}: {err}"
+        ) from err
+    return model.eval(), suite

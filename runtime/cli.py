@@ -130,7 +130,9 @@ def user_message(err: BaseException) -> str | None:
         return None  # a constructor failed for another reason: a bug, keep the trace
     if isinstance(
         top, ConfigCompositionException | MissingConfigException | OverrideParseException
-    ) or isinstance(top, ConfigKeyError | MissingMandatoryValue | ValidationError | InterpolationResolutionError):
+    ) or isinstance(
+        top, ConfigKeyError | MissingMandatoryValue | ValidationError | InterpolationResolutionError
+    ):
         text = str(top).strip()
         cause = top.__cause__
         if cause is not None and str(cause).strip() and str(cause).strip() not in text:
@@ -143,7 +145,9 @@ def _compact_options(text: str) -> str:
     """Hydra's "Could not find 'experiment/nope'" with its option list on one line, the closest option
     first, and without the config search path."""
     text = text.split("\nConfig search path:")[0].strip()
-    m = re.search(r"Could not find '([\w/]+)/([\w.-]+)'.*?Available options in '[\w/]+':\s*\n(.*)", text, re.S)
+    m = re.search(
+        r"Could not find '([\w/]+)/([\w.-]+)'.*?Available options in '[\w/]+':\s*\n(.*)", text, re.S
+    )
     if m is None:
         return text
     group, bad = m.group(1), m.group(2)
@@ -161,7 +165,7 @@ def _not_in_struct_hint(config_name: str, text: str, overrides: list[str]) -> st
     parent, _, bad = full_key.rpartition(".")
     from omegaconf import DictConfig, OmegaConf
 
-    from experiments.config import compose
+    from runtime.config import compose
 
     keep = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != full_key]
     try:
@@ -189,7 +193,7 @@ def entry_point(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[
     """`hydra.main` for the suite's commands, with the error contract of this module."""
     import hydra
 
-    from experiments.config import config_path
+    from runtime.config import config_path
 
     def decorate(task: Callable[[Any], Any]) -> Callable[[], Any]:
         @functools.wraps(task)

@@ -1,7 +1,7 @@
 """Checks of a composed config that run before an entry point does any work or writes anything.
 
 Each refusal is a `core.errors.ConfigError` naming the key, the value and what was expected; the entry
-points print it alone and exit 2 (`experiments.cli`).
+points print it alone and exit 2 (`runtime.cli`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Literal, Union
 from omegaconf import DictConfig, ListConfig
 
 from core.errors import ConfigError
-from experiments.cli import did_you_mean
+from runtime.cli import did_you_mean
 
 
 def _accepts(value: Any, hint: Any) -> bool:
@@ -103,12 +103,19 @@ def check_trainer(cfg: DictConfig) -> None:
         return
     import pytorch_lightning as pl
 
-    if str(trainer._target_) not in ("pytorch_lightning.Trainer", "pytorch_lightning.trainer.trainer.Trainer"):
+    if str(trainer._target_) not in (
+        "pytorch_lightning.Trainer",
+        "pytorch_lightning.trainer.trainer.Trainer",
+    ):
         return
     check_arguments(trainer, "trainer", pl.Trainer, skip=("callbacks", "logger", "plugins"))
     for name in ("max_epochs", "min_epochs", "num_nodes", "log_every_n_steps", "accumulate_grad_batches"):
         value = trainer.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value < (1 if name != "max_epochs" else -1):
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and value < (1 if name != "max_epochs" else -1)
+        ):
             raise ConfigError(f"`trainer.{name}={value}`: expected a positive integer.")
     for name in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "overfit_batches"):
         value = trainer.get(name)

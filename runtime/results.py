@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from data.images import write_atomic
+from core.files import write_atomic
 
 # What a run's data were, from its `describe()` record (metrics.json["data"]): short label and what it means.
 DATA_KINDS = {

@@ -1,4 +1,5 @@
-"""What the entry points share: composing objects from config, and opening/closing the run directory."""
+"""What the entry points share: composing objects from config, and opening/closing the run directory (the
+closing console summary is `runtime.summary`)."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
-from experiments import results, slurm
-from experiments import run_dir as rd
-from experiments.checkpoints import sweep_temporary_files
-from experiments.tracking import ImageFileLogger, wandb_run_info
+from runtime import results, slurm
+from runtime import run_dir as rd
+from runtime.checkpoints import sweep_temporary_files
+from runtime.summary import console_metrics, print_summary
+from runtime.tracking import ImageFileLogger, wandb_run_info
 
 log = logging.getLogger("experiments")
 
@@ -122,7 +124,7 @@ def is_rank_zero() -> bool:
 class Run:
     """One invocation of an entry point and the run directory it owns.
 
-    Rank zero first takes the directory's lock (`experiments/run_dir.py::RunLock`: a second live invocation
+    Rank zero first takes the directory's lock (`runtime/run_dir.py::RunLock`: a second live invocation
     is refused, a stale lock taken over), then sweeps the temporary files of killed writes. In a directory
     whose record is a completed run, this invocation is recorded under `later_invocations` and the completed
     record, metrics.json and `.hydra/` stay until this one completes (`keep`). `close()` releases the lock."""
@@ -139,42 +141,55 @@ class Run:
         self.sweep = sweep_context()
         self.lock: rd.RunLock | None = None
         if is_rank_zero():
-            self.lock = rd.RunLock.acquire(self.run_dir, self.task, rd.command_line(self.task, hydra_overrides()))
-            try:
-                # a SLURM job may only enter a run directory of its own submission (checked before any write,
-                # by rank zero: the other ranks of this invocation find the record rank zero has just written)
-                slurm.check_submission(
-                    rd.read_run_info(self.run_dir), explicit_resume=self.cfg.get("ckpt_path") is not None
-                )
-            except BaseException:
-                self.close()
-                raise
-            if self.lock.took_over:
-                holder, why = self.lock.took_over
-                log.warning(
-                    "%s: took over the lock of pid %s on %s (%s, since %s): %s.",
-                    self.run_dir,
-                    holder.get("pid"),
-                    holder.get("host"),
-                    holder.get("task"),
-                    holder.get("started"),
-                    why,
-                )
-            removed = sweep_temporary_files(self.run_dir)
-            if removed:
-                log.warning(
-                    "Removed %d temporary file(s) left in %s by an interrupted write: %s",
-                    len(removed),
-                    self.run_dir,
-                    ", ".join(str(p.relative_to(self.run_dir)) for p in removed),
-                )
-        previous = rd.read_run_info(self.run_dir)
-        self.keep = rd.completed_index(previous)  # the completed run that stays the record until this completes
+            self._take_directory()
+        self._start_record()
+        self._write_info()
+        if self.keep is None:
+            self._write_hydra()
+
+    def _take_directory(self) -> None:
+        """Rank zero: the directory's lock, the SLURM submission check, and the sweep of temporary files."""
+        self.lock = rd.RunLock.acquire(self.run_dir, self.task, rd.command_line(self.task, hydra_overrides()))
+        try:
+            # a SLURM job may only enter a run directory of its own submission (checked before any write,
+            # by rank zero: the other ranks of this invocation find the record rank zero has just written)
+            slurm.check_submission(
+                rd.read_run_info(self.run_dir), explicit_resume=self.cfg.get("ckpt_path") is not None
+            )
+        except BaseException:
+            self.close()
+            raise
+        if self.lock.took_over:
+            holder, why = self.lock.took_over
+            log.warning(
+                "%s: took over the lock of pid %s on %s (%s, since %s): %s.",
+                self.run_dir,
+                holder.get("pid"),
+                holder.get("host"),
+                holder.get("task"),
+                holder.get("started"),
+                why,
+            )
+        removed = sweep_temporary_files(self.run_dir)
+        if removed:
+            log.warning(
+                "Removed %d temporary file(s) left in %s by an interrupted write: %s",
+                len(removed),
+                self.run_dir,
+                ", ".join(str(p.relative_to(self.run_dir)) for p in removed),
+            )
+
+    def _start_record(self) -> None:
+        """This invocation's record (`info`), the earlier `running` records marked killed, and `keep`: the
+        completed run that stays the directory's record until this one completes."""
+        self.keep = rd.completed_index(rd.read_run_info(self.run_dir))
         self.info = rd.new_run_info(
             self.run_dir, Path(self.cfg.paths.root_dir), self.task, self.cfg.get("seed"), hydra_overrides()
         )
         slurm.confirm_requeue(self.info)
-        for rec in rd.mark_killed(self.info.get("previous_invocations", []), f"{self.task} (pid {os.getpid()})"):
+        for rec in rd.mark_killed(
+            self.info.get("previous_invocations", []), f"{self.task} (pid {os.getpid()})"
+        ):
             log.warning(
                 "%s: the invocation started %s (pid %s) ended without a record: recorded as killed.",
                 self.run_dir,
@@ -193,9 +208,6 @@ class Run:
                 self.run_dir,
                 self.task,
             )
-        self._write_info()
-        if self.keep is None:
-            self._write_hydra()
 
     def _write_info(self) -> None:
         if is_rank_zero():
@@ -310,7 +322,7 @@ class Run:
         data = datamodule.describe() if hasattr(datamodule, "describe") else None
         protocol = model.metric_protocol() if hasattr(model, "metric_protocol") else {}
         # multi-method runs (`test/<method>/<name>` keys): tables in metrics.json + results.md; per_image.csv
-        # when the model has per-image rows (experiments/results.py, docs/DEVELOPING.md)
+        # when the model has per-image rows (runtime/results.py, docs/DEVELOPING.md)
         tables = results.metric_tables(metrics, getattr(model, "table_order", None))
         scored = {"tested_checkpoint": extra.get("tested_checkpoint")} if "tested_checkpoint" in extra else {}
         rd.write_metrics(
@@ -348,56 +360,19 @@ def split_metrics(callback_metrics: dict[str, Any], splits: tuple[str, ...]) -> 
     return {k: rd.to_float(v) for k, v in callback_metrics.items() if k.split("/", 1)[0] in splits}
 
 
-CONSOLE_ROWS = 24
-
-
-def console_metrics(metrics: dict[str, float], limit: int = CONSOLE_ROWS) -> dict[str, float]:
-    """The metrics for the closing console table: all of them when they fit, else the summary rows (the keys
-    with the fewest parts, e.g. `test/cls/psnr` before `test/<setting>/cls/psnr`), at most `limit`."""
-    if len(metrics) <= limit:
-        return metrics
-    depth = sorted(metrics, key=lambda k: (k.count("/"), k))
-    keep = [k for k in depth if k.count("/") == depth[0].count("/")]
-    if len(keep) < limit:
-        keep = depth[:limit]
-    return {k: metrics[k] for k in sorted(keep[:limit])}
-
-
-def print_summary(
-    run_dir: Path, metrics: dict[str, float], wandb: dict[str, Any] | None, scored: dict[str, Any] | None = None
-) -> None:
-    shown = console_metrics(metrics)
-    lines = ["", rd.format_table(shown, "metric")]
-    if len(shown) < len(metrics):
-        where = "metrics.json and results.md" if (run_dir / "results.md").exists() else "metrics.json"
-        lines.append(f"  ({len(shown)} of {len(metrics)} metrics shown, the summary rows; all of them in {where})")
-    lines.append(f"Run directory: {run_dir}")
-    if scored:
-        ckpt = scored.get("tested_checkpoint")
-        lines.append(
-            f"  test metrics of: {ckpt}" if ckpt else "  test metrics of: the weights at the end of fit (no checkpoint)"
-        )
-    files = [
-        p for p in ("metrics.json", "run_info.json", "results.md", "per_image.csv") if (run_dir / p).exists()
-    ]
-    ckpts = sorted((run_dir / "checkpoints").glob("*.ckpt")) if (run_dir / "checkpoints").is_dir() else []
-    files += [str(p.relative_to(run_dir)) for p in ckpts]
-    lines.append("  files: " + ", ".join(files))
-    images = sorted((run_dir / "images").rglob("*.png")) if (run_dir / "images").is_dir() else []
-    final = [p for p in images if p.relative_to(run_dir / "images").parts[0] == "test"] or images[-6:]
-    if final:
-        lines.append("  images: " + ", ".join(str(p.relative_to(run_dir)) for p in final))
-    samples = run_dir / "samples"
-    if (samples / "grid.png").is_file():  # experiments.sample
-        count = len(list((samples / "images").glob("*.png"))) if (samples / "images").is_dir() else 0
-        lines.append(
-            "  samples: samples/grid.png" + (f", samples/images/ ({count} PNG files, one per seed)" if count else "")
-        )
-    if wandb and wandb.get("dir"):
-        if wandb.get("mode") in ("offline", "dryrun"):
-            wandb_cli = Path(sys.executable).parent / "wandb"
-            upload = str(wandb_cli) if wandb_cli.is_file() else f"{sys.executable} -m wandb"
-            lines.append(f"  W&B (offline): {wandb['dir']}  -> upload with: {upload} sync {wandb['dir']}")
-        elif wandb.get("url"):
-            lines.append(f"  W&B: {wandb['url']}")
-    print("\n".join(lines), flush=True)
+__all__ = [
+    "Run",
+    "best_or_last_checkpoint",
+    "console_metrics",
+    "finish_wandb",
+    "hydra_overrides",
+    "instantiate_group",
+    "is_rank_zero",
+    "log",
+    "print_summary",
+    "quiet_known_noise",
+    "resolved_config",
+    "split_metrics",
+    "sweep_context",
+    "switch_overrides",
+]

@@ -1,4 +1,4 @@
-"""SLURM: allocation checks, requeue at a batch boundary, resume of a requeued job, and the job's record.
+"""SLURM: allocation checks, the job's record, resume of a requeued job (the requeue itself: runtime/requeue.py).
 
 A job submitted with `--signal=USR1@<s> --requeue` (configs/slurm/*.sbatch, hydra/launcher=slurm|slurm_cpu)
 gets SIGUSR1 `s` seconds (SLURM: up to 60 s more) before its time limit, or whenever `scancel --signal=USR1`
@@ -27,13 +27,10 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-from pytorch_lightning.callbacks import Callback
 
 from core.errors import ConfigError
 
@@ -279,164 +276,3 @@ def remove_superseded(run_dir: Path) -> list[Path]:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
-
-
-# ------------------------------------------------------------------------------------- signals
-class _Request:
-    """Process-wide: which signal asked this job to stop (set by the handlers only)."""
-
-    signal: str | None = None
-    fit_running = False
-
-    @classmethod
-    def mark(cls, name: str) -> None:
-        if cls.signal is None or name == "SIGTERM":
-            cls.signal = name
-
-    @classmethod
-    def clear(cls) -> None:
-        cls.signal = None
-
-
-class Requeued(SystemExit):
-    """This invocation stopped for a SLURM requeue; it exits with status 0 and returns no result (so a
-    launcher waiting on the job sees it run again, not fail)."""
-
-    def __init__(self, message: str):
-        super().__init__(0)
-        self.message = message
-
-
-class Terminated(Exception):
-    """SIGTERM from SLURM (scancel, `scontrol requeue`, preemption) stopped this invocation."""
-
-
-def _on_usr1(signum: int, frame: Any) -> None:
-    _Request.mark("SIGUSR1")
-
-
-def _on_term(signum: int, frame: Any) -> None:
-    _Request.mark("SIGTERM")
-    if not _Request.fit_running:  # nothing to checkpoint at a batch boundary: stop now
-        raise Terminated("SIGTERM from SLURM (scancel, scontrol requeue, preemption or node shutdown)")
-
-
-def install_signal_handlers(env: Mapping[str, str] = os.environ) -> bool:
-    """In a SLURM batch job: SIGUSR1 marks a requeue request instead of killing the process (Python's
-    default), and SIGTERM stops at the next batch boundary during fit. Returns whether installed."""
-    if not in_slurm_batch_job(env) or os.name == "nt":
-        return False
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    import experiments
-
-    if experiments.EARLY_SIGNALS:  # received during start-up
-        _Request.mark(experiments.EARLY_SIGNALS[-1])
-        experiments.EARLY_SIGNALS.clear()
-    signal.signal(signal.SIGUSR1, _on_usr1)
-    signal.signal(signal.SIGTERM, _on_term)
-    return True
-
-
-def requested() -> str | None:
-    return _Request.signal
-
-
-def scontrol_requeue(env: Mapping[str, str] = os.environ) -> str | None:
-    """Asks SLURM to requeue this job; returns None on success, else why not."""
-    jid = job_id(env)
-    if not jid or not re.fullmatch(r"[0-9_]+", jid):
-        return f"no usable SLURM job id ({jid!r})"
-    try:
-        res = subprocess.run(["scontrol", "requeue", jid], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return f"`scontrol requeue {jid}` could not run: {err}"
-    if res.returncode != 0:
-        return f"`scontrol requeue {jid}` failed: {(res.stderr or res.stdout).strip()}"
-    return None
-
-
-def job_state(env: Mapping[str, str] = os.environ) -> str | None:
-    """The job's state as SLURM's controller reports it (e.g. RUNNING, REQUEUED, CANCELLED)."""
-    jid = env.get("SLURM_JOB_ID")
-    if not jid:
-        return None
-    try:
-        res = subprocess.run(
-            ["squeue", "-h", "-j", jid, "-o", "%T"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return res.stdout.strip().splitlines()[0] if res.returncode == 0 and res.stdout.strip() else None
-
-
-class RequeueRequested(Exception):
-    """Raised inside `fit` at the batch boundary where a requeue checkpoint was written."""
-
-    def __init__(self, signal_name: str, checkpoint: Path | None):
-        super().__init__(f"{signal_name}: stopped at a batch boundary, checkpoint {checkpoint}")
-        self.signal_name = signal_name
-        self.checkpoint = checkpoint
-
-
-class SlurmRequeue(Callback):
-    """Acts on a requeue or termination signal at a training-batch boundary (module docstring)."""
-
-    def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir)
-
-    # Lightning installs its own SIGTERM handler when each stage starts; the suite's replaces it again.
-    def on_sanity_check_start(self, trainer: Any, pl_module: Any) -> None:
-        install_signal_handlers()
-
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        install_signal_handlers()
-        _Request.fit_running = True
-        if self._agreed(trainer):  # signalled during start-up: the state is the one we resumed from
-            raise RequeueRequested(_Request.signal or "SIGUSR1", None)
-
-    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        install_signal_handlers()
-
-    def on_test_start(self, trainer: Any, pl_module: Any) -> None:
-        install_signal_handlers()
-
-    def on_train_batch_end(
-        self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        if not self._agreed(trainer):
-            return
-        path = self.run_dir / "checkpoints" / REQUEUE_CHECKPOINT
-        trainer.save_checkpoint(path)
-        raise RequeueRequested(_Request.signal or "SIGUSR1", path)
-
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.is_global_zero:
-            remove_superseded(self.run_dir)
-
-    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        _Request.fit_running = False
-        if trainer.is_global_zero:
-            remove_superseded(self.run_dir)
-
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        _Request.fit_running = False
-
-    @staticmethod
-    def _agreed(trainer: Any) -> bool:
-        """Whether any rank was signalled; every rank gets the same answer at the same batch (SIGTERM wins)."""
-        code = {None: 0, "SIGUSR1": 1, "SIGTERM": 2}.get(_Request.signal, 1)
-        if trainer.world_size > 1:
-            import torch
-            import torch.distributed as dist
-
-            if dist.is_available() and dist.is_initialized():
-                t = torch.tensor([code], device=trainer.strategy.root_device)
-                dist.all_reduce(t, op=dist.ReduceOp.MAX)
-                agreed = int(t.item())
-                if agreed > code:
-                    _Request.mark("SIGTERM" if agreed == 2 else "SIGUSR1")  # another rank's signal
-                code = agreed
-        return code > 0

@@ -10,7 +10,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from experiments.common import sweep_context
+from runtime.run import sweep_context
 
 log = logging.getLogger("experiments")
 
@@ -24,7 +24,7 @@ def run_job(fn: Callable[[DictConfig], dict[str, float]], cfg: DictConfig) -> di
     try:
         return fn(cfg)
     except Exception as err:  # noqa: BLE001 - one failed job must not end the sweep
-        from experiments.cli import full_trace, user_message
+        from runtime.cli import full_trace, user_message
 
         message = user_message(err)
         if message is not None and not full_trace():
@@ -46,7 +46,7 @@ class SweepSummary(Callback):
     `<sweep dir>/sweep_summary.md`; exits with status 1 if any job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from experiments.slurm import check_request, require_sbatch
+        from runtime.slurm import check_request, require_sbatch
 
         launcher = config.hydra.launcher
         if "SlurmLauncher" in str(launcher.get("_target_", "")):
@@ -66,7 +66,7 @@ class SweepSummary(Callback):
                 raise SystemExit(2) from err
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from experiments.report import find_runs
+        from runtime.reporting import find_runs
 
         sweep_dir = Path(str(config.hydra.sweep.dir))
         runs = find_runs([sweep_dir], strict=False)
@@ -91,7 +91,7 @@ def summary_table(runs: list[Any]) -> str:
     """The body of sweep_summary.md: one row per job (job number order) with its switches (the overrides
     that differ between the jobs, the seed included), its seed, status, test metrics and error. "(as
     configured)" is a job without any override; one whose overrides are all shared says so."""
-    from experiments.report import assign_settings, markdown_table
+    from runtime.reporting import assign_settings, markdown_table
 
     metric_keys = sorted({k for r in runs for k in r.metrics if k.startswith("test/")})[:6]
     common = assign_settings(runs, with_seed=True)

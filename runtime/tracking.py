@@ -1,6 +1,6 @@
 """Experiment tracking: the W&B logger with an offline fallback, and a logger that writes images as PNG.
 
-Policy (issue #2): W&B is the default tracker.
+Policy: W&B is the default tracker.
 - `WANDB_MODE` set: it is obeyed (online, offline, disabled).
 - unset, with an API key configured (`WANDB_API_KEY` or a `wandb login` entry in ~/.netrc): online; wandb
   itself honours `WANDB_INIT_TIMEOUT` when the network is slow or absent.

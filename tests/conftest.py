@@ -67,7 +67,7 @@ _hide_slurm()
 @pytest.fixture
 def compose_cfg(tmp_path):
     """compose_cfg(config_name, overrides, run_dir=None) -> the composed config with its run dir under tmp_path."""
-    from experiments.config import compose
+    from runtime.config import compose
 
     def _compose(config_name: str = "train", overrides: list[str] | None = None, run_dir: Path | None = None):
         return compose(config_name, overrides or [], output_dir=run_dir or tmp_path / "run")

@@ -1,4 +1,4 @@
-"""`experiments.callbacks.ModelCheckpoint`: last.ckpt always holds the latest state (the stock 2.6.6 callback
+"""`runtime.callbacks.ModelCheckpoint`: last.ckpt always holds the latest state (the stock 2.6.6 callback
 does not: these tests fail with it), and an improving epoch writes the state once."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint as StockModelCheckpoint
 from pytorch_lightning.demos.boring_classes import BoringModel
 
-from experiments.callbacks import ModelCheckpoint, replace_with_link
+from runtime.callbacks import ModelCheckpoint, replace_with_link
 
 
 class ScriptedValLoss(BoringModel):
@@ -142,7 +142,7 @@ def test_replace_with_link_copies_where_links_are_refused(tmp_path, monkeypatch)
 
 
 def test_checkpoint_writer_keeps_the_previous_file_when_a_save_fails(tmp_path, monkeypatch):
-    from experiments.checkpoints import AtomicCheckpointIO
+    from runtime.checkpoints import AtomicCheckpointIO
 
     io, path = AtomicCheckpointIO(), tmp_path / "sub" / "last.ckpt"
     io.save_checkpoint({"step": torch.tensor(1)}, path)
@@ -165,7 +165,7 @@ def test_checkpoint_writer_keeps_the_previous_file_when_a_save_fails(tmp_path, m
 def test_trainer_config_uses_the_streaming_checkpoint_writer(compose_cfg, tmp_path):
     import hydra
 
-    from experiments.checkpoints import AtomicCheckpointIO
+    from runtime.checkpoints import AtomicCheckpointIO
 
     cfg = compose_cfg("train", ["experiment=vae_mnist", "logger=none"], run_dir=tmp_path)
     trainer = hydra.utils.instantiate(cfg.trainer)

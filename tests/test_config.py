@@ -6,7 +6,7 @@ import hydra
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from experiments.config import CONFIG_DIR
+from runtime.config import CONFIG_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 

@@ -14,8 +14,8 @@ import math
 
 import pytest
 
-from experiments.config import CONFIG_DIR
 from experiments.train import train
+from runtime.config import CONFIG_DIR
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 MODES = ("fdr", "limit", "overfit")
@@ -66,9 +66,11 @@ def test_debug_mode_runs(experiment, mode, compose_cfg, tmp_path):
     assert info["status"] == "completed"
     written = json.loads((run_dir / "metrics.json").read_text())
     assert not any(k.endswith(EXPENSIVE) for k in written)
-    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt")) if (
-        run_dir / "checkpoints"
-    ).is_dir() else []
+    checkpoints = (
+        sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+        if (run_dir / "checkpoints").is_dir()
+        else []
+    )
     trains = "training_step" in {n for c in type_mro(cfg) for n in vars(c)}
     if mode == "fdr" or not trains:
         assert checkpoints == []

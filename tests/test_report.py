@@ -18,8 +18,8 @@ from experiments.report import (
     find_runs,
     main,
 )
-from experiments.results import data_kind
-from experiments.sweeps import SweepSummary
+from runtime.results import data_kind
+from runtime.sweeps import SweepSummary
 
 LOL = {"label": "LOL eval15", "comparable_with_papers": True}
 # what MNISTDataModule.describe() wrote for the embedded subset before it had `kind`: no `synthetic` field,

@@ -1,9 +1,9 @@
-"""Run directories that cannot be corrupted and statuses that tell the truth (experiments/run_dir.py):
-one live run per directory (`.lock`), a completed run's record kept through failed or idle commands, true
-statuses for Ctrl-C, SIGTERM and SIGKILL, CSV rows kept across resumes, temporary files of killed writes swept.
+"""Run directories that cannot be corrupted and statuses that tell the truth (runtime/run_dir.py): a
+completed run's record kept through failed or idle commands, true statuses for Ctrl-C, SIGTERM and SIGKILL,
+CSV rows kept across resumes, temporary files of killed writes swept (the lock: tests/test_run_dir_lock.py).
 
 The cases about processes run real `python -m experiments.train` processes and signal them; the rules
-themselves (stale locks, SLURM restarts, DDP ranks) are checked directly."""
+themselves are checked directly."""
 
 from __future__ import annotations
 
@@ -12,234 +12,30 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from experiments import run_dir as rd
-from experiments.checkpoints import sweep_temporary_files
-from experiments.report import find_runs
-from tests.conftest import REPO, run_cli
-
-# a real run, as small as it gets: 2 training batches per epoch, 1 validation batch, no images, no test
-TINY = [
-    "experiment=vae_mnist",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=1",
-    "trainer.num_sanity_val_steps=0",
-    "~callbacks.progress_bar",
-    "trainer.enable_progress_bar=false",
-    "model.nll_samples=4",
-    "model.image_every_n_epochs=0",
-]
-LONG = [*TINY, "trainer.max_epochs=100000", "test=false", "logger=none"]  # runs until signalled
-ENV = {"PYTHONPATH": str(REPO)}  # tests.helpers for the processes
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-def start(run: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
-    """`python -m experiments.train args hydra.run.dir=run` in the background, its output into `log`."""
-    log = log or run.parent / f"{run.name}-{time.monotonic_ns()}.log"
-    out = open(log, "w")  # noqa: SIM115 - closed with the process
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "experiments.train", *args, f"hydra.run.dir={run}"],
-        cwd=REPO.parent,
-        env={**os.environ, **ENV},
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    proc.log = log  # type: ignore[attr-defined]
-    out.close()
-    return proc
-
-
-def output(proc: subprocess.Popen) -> str:
-    return Path(proc.log).read_text()  # type: ignore[attr-defined]
-
-
-def wait_for(cond, what: str, timeout: float = 180, procs: tuple = ()) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        for p in procs:
-            assert p.poll() is None, f"exited {p.returncode} while waiting for {what}:\n{output(p)[-3000:]}"
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def training(run: Path) -> bool:
-    """The run has written its first checkpoint (it is past start-up, inside fit)."""
-    return (run / "checkpoints" / "last.ckpt").is_file()
-
-
-def info(run: Path) -> dict:
-    return json.loads((run / "run_info.json").read_text())
-
-
-def files(run: Path, *names: str) -> dict[str, bytes]:
-    out = {}
-    for name in names:
-        for p in sorted(run.glob(name)):
-            out[str(p.relative_to(run))] = p.read_bytes()
-    return out
-
-
-def stop(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    proc.wait(timeout=60)
-
-
-@pytest.fixture
-def holder():
-    """holder(run_dir) -> a live process of this host holding run_dir's lock (as a run would)."""
-    procs = []
-
-    def _hold(run: Path) -> subprocess.Popen:
-        code = (
-            "import sys, time\nfrom experiments.run_dir import RunLock\n"
-            "RunLock.acquire(sys.argv[1], 'train', 'python -m experiments.train (test holder)')\n"
-            "print('held', flush=True)\ntime.sleep(120)\n"
-        )
-        p = subprocess.Popen(
-            [sys.executable, "-c", code, str(run)], cwd=REPO, stdout=subprocess.PIPE, text=True
-        )
-        procs.append(p)
-        assert p.stdout.readline().strip() == "held"
-        return p
-
-    yield _hold
-    for p in procs:
-        stop(p)
-
-
-def fake_lock(run: Path, **record) -> Path:
-    run.mkdir(parents=True, exist_ok=True)
-    base = {"pid": 1, "host": socket.gethostname(), "started": "2020-01-01T00:00:00+00:00", "task": "train"}
-    path = run / rd.LOCK_NAME
-    path.write_text(json.dumps({**base, "command": "python -m experiments.train x", **record}))
-    return path
-
-
-def dead_pid() -> int:
-    p = subprocess.Popen([sys.executable, "-c", "pass"])
-    p.wait()
-    return p.pid
-
-
-# ------------------------------------------------------------------------------------------------ 1. the lock
-@pytest.mark.slow
-def test_two_runs_in_one_directory_the_second_is_refused_naming_the_holder(tmp_path):
-    """Case 1: two invocations started together, and a third once the first is training: one runs, the others
-    exit 2 with a message naming the holder, and the live run's record and config stay byte for byte."""
-    run = tmp_path / "run"
-    a, b = start(run, *LONG), start(run, *LONG)
-    try:
-        wait_for(lambda: a.poll() is not None or b.poll() is not None, "one of the two to be refused")
-        refused, live = (a, b) if a.poll() is not None else (b, a)
-        assert refused.returncode == 2, output(refused)[-3000:]
-        text = output(refused)
-        assert f"is in use by another run: pid {live.pid} on {socket.gethostname()}" in text, text[-2000:]
-        assert "since 20" in text and "another hydra.run.dir" in text and "Traceback" not in text
-        wait_for(lambda: training(run), "the live run to train", procs=(live,))
-        kept = files(run, "run_info.json", ".hydra/*")
-        assert info(run)["status"] == "running" and info(run)["pid"] == live.pid
-        # a third, 12 s apart in the user's report: refused before it writes anything
-        res = run_cli("train", *TINY, "trainer.max_epochs=1", "seed=7", f"hydra.run.dir={run}")
-        assert res.returncode == 2 and f"pid {live.pid}" in res.stderr, res.stderr[-3000:]
-        assert files(run, "run_info.json", ".hydra/*") == kept
-        assert live.poll() is None  # undisturbed
-        lock = json.loads((run / ".lock").read_text())
-        assert (
-            lock["pid"] == live.pid
-            and lock["host"] == socket.gethostname()
-            and "experiments.train" in (lock["command"])
-        )
-    finally:
-        stop(a)
-        stop(b)
-
-
-def test_a_live_lock_refuses_and_a_stale_one_is_taken_over(tmp_path, holder):
-    run = tmp_path / "run"
-    h = holder(run)
-    with pytest.raises(rd.RunDirectoryInUse, match=f"pid {h.pid} on {socket.gethostname()}, running `train`"):
-        rd.RunLock.acquire(run, "train", "second")
-    stop(h)  # SIGKILL: the lock file stays, its holder is gone
-    assert json.loads((run / ".lock").read_text())["pid"] == h.pid
-    lock = rd.RunLock.acquire(run, "evaluate", "third")
-    try:
-        holder_record, why = lock.took_over
-        assert holder_record["pid"] == h.pid and f"process {h.pid} is gone" in why
-        assert json.loads((run / ".lock").read_text())["pid"] == os.getpid()
-    finally:
-        lock.release()
-    assert not (run / ".lock").exists()
-
-
-def test_stale_lock_rules_pid_reuse_other_hosts_and_slurm_restarts(tmp_path):
-    run = tmp_path / "run"
-    # a pid of this host that is gone, or alive but another process now (its recorded start differs)
-    fake_lock(run, pid=dead_pid())
-    rd.RunLock.acquire(run, "train", "x").release()
-    fake_lock(run, pid=os.getppid(), pid_start_ticks=-5)
-    lock = rd.RunLock.acquire(run, "train", "x")
-    assert "is gone" in lock.took_over[1]
-    lock.release()
-    # another host: judged by its heartbeat (the file's mtime)
-    path = fake_lock(run, pid=123, host="node-b")
-    with pytest.raises(rd.RunDirectoryInUse, match="pid 123 on node-b.*last heartbeat"):
-        rd.RunLock.acquire(run, "train", "x")
-    os.utime(path, (time.time() - 2 * rd.STALE_AFTER_S,) * 2)
-    lock = rd.RunLock.acquire(run, "train", "x")
-    assert "no heartbeat from node-b" in lock.took_over[1]
-    lock.release()
-    # SLURM: restart 1 of job 4242 may enter what restart 0 left on another node, however fresh; job 7 may not
-    job = {
-        "SLURM_JOB_ID": "4242",
-        "SLURM_JOB_NAME": "t",
-        "SLURM_CLUSTER_NAME": "c",
-        "SLURM_RESTART_COUNT": "1",
-    }
-    sub = {"cluster": "c", "job": "4242", "restart": 0}
-    fake_lock(run, pid=123, host="node-b", submission=sub)
-    lock = rd.RunLock.acquire(run, "train", "x", env=job)
-    assert "restart 0 of SLURM job 4242" in lock.took_over[1]
-    assert json.loads((run / ".lock").read_text())["submission"] == {**sub, "restart": 1}
-    lock.release()
-    fake_lock(run, pid=123, host="node-b", submission=sub)
-    with pytest.raises(rd.RunDirectoryInUse):
-        rd.RunLock.acquire(run, "train", "x", env={**job, "SLURM_JOB_ID": "7"})
-    (run / ".lock").unlink()
-    # the same process may take it again (a test or a notebook that never released it)
-    first = rd.RunLock.acquire(run, "train", "x")
-    second = rd.RunLock.acquire(run, "train", "y")
-    assert first.fd is None and second.took_over is None
-    second.release()
-
-
-def test_only_rank_zero_takes_the_lock(tmp_path, holder, compose_cfg, monkeypatch):
-    """Under DDP every rank runs the entry point in the same directory; ranks > 0 neither lock nor write."""
-    from pytorch_lightning.utilities import rank_zero_only
-
-    from experiments.common import Run
-
-    run = tmp_path / "run"
-    h = holder(run)  # rank zero of this invocation, say
-    cfg = compose_cfg("train", ["experiment=vae_mnist", "logger=none"], run_dir=run)
-    monkeypatch.setattr(rank_zero_only, "rank", 1)
-    r = Run(cfg, "train")
-    assert r.lock is None and not (run / "run_info.json").exists()
-    assert json.loads((run / ".lock").read_text())["pid"] == h.pid
-    monkeypatch.setattr(rank_zero_only, "rank", 0)
-    with pytest.raises(rd.RunDirectoryInUse):
-        Run(cfg, "train")
+from runtime import run_dir as rd
+from runtime.checkpoints import sweep_temporary_files
+from runtime.reporting import find_runs
+from tests.conftest import run_cli
+from tests.run_dir_fixtures import (
+    ENV,
+    LONG,
+    TINY,
+    dead_pid,
+    fake_lock,
+    files,
+    info,
+    output,
+    start,
+    stop,
+    training,
+    wait_for,
+)
 
 
 # ------------------------------------------------------------------------------------------------ 2 + 4 + 5

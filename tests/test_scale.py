@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from experiments.report import ReportError, build_report
-from experiments.slurm import check_allocation
 from experiments.train import check_distributed
+from runtime.slurm import check_allocation
 from tests.conftest import REPO, run_cli
 
 SMALL = [

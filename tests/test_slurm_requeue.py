@@ -9,8 +9,8 @@ import signal
 import pytest
 import torch
 
-from experiments import run_dir as rd
-from experiments import slurm
+from runtime import run_dir as rd
+from runtime import slurm
 from tests.conftest import REPO, run_cli, state_dict_hash
 
 SMALL = [
@@ -195,7 +195,7 @@ def test_sigusr1_outside_training_does_not_kill_a_slurm_job():
     import subprocess
     import sys
 
-    code = "import os, signal, experiments; os.kill(os.getpid(), signal.SIGUSR1); print(experiments.EARLY_SIGNALS)"
+    code = "import os, signal, experiments, runtime; os.kill(os.getpid(), signal.SIGUSR1); print(runtime.EARLY_SIGNALS)"
     res = subprocess.run(
         [sys.executable, "-c", code], env={**os.environ, **JOB}, capture_output=True, text=True, cwd=REPO
     )

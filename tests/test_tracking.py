@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments.tracking import ImageFileLogger, has_wandb_api_key, resolve_wandb_mode
-from lit_modules.images import make_grid, to_uint8
+from core.imageops import make_grid, to_uint8
+from runtime.tracking import ImageFileLogger, has_wandb_api_key, resolve_wandb_mode
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def test_no_key_means_offline(clean_env):
 @pytest.fixture(autouse=True)
 def _server_answers(monkeypatch):
     """No test touches the network: the W&B server "answers" unless a test says otherwise."""
-    import experiments.tracking as tracking
+    import runtime.tracking as tracking
 
     monkeypatch.setattr(tracking, "server_reachable", lambda url: True)
 
@@ -34,7 +34,7 @@ def test_a_key_without_a_network_falls_back_to_offline_within_seconds(clean_env,
     import socket
     import time
 
-    import experiments.tracking as tracking
+    import runtime.tracking as tracking
 
     monkeypatch.undo()  # the real probe, against a blackholed connect
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -52,7 +52,9 @@ def test_a_key_without_a_network_falls_back_to_offline_within_seconds(clean_env,
 
 
 def test_netrc_key_means_online(clean_env):
-    clean_env.write_text("machine api.wandb.ai\n  login user\n  password " + "c" * 40 + "\n")  # a well-formed key
+    clean_env.write_text(
+        "machine api.wandb.ai\n  login user\n  password " + "c" * 40 + "\n"
+    )  # a well-formed key
     clean_env.chmod(0o600)
     assert has_wandb_api_key() and resolve_wandb_mode() == ("online", True)
 
@@ -97,7 +99,7 @@ def test_the_netrc_entry_wandb_login_writes_means_online(clean_env):
     api.wandb.ai: the suite must find it where wandb does (it used to look up api.wandb.ai only)."""
     from wandb.sdk.lib.wbauth.wbnetrc import write_netrc_auth
 
-    from experiments.tracking import wandb_base_url
+    from runtime.tracking import wandb_base_url
 
     write_netrc_auth(host=wandb_base_url(), api_key="k" * 40)
     assert "machine api.wandb.ai" not in clean_env.read_text() or wandb_base_url().endswith("api.wandb.ai")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from experiments.checkpoints import CheckpointMismatchError
 from experiments.evaluate import evaluate
 from experiments.train import train
+from runtime.checkpoints import CheckpointMismatchError
 from tests.conftest import REPO, run_cli, state_dict_hash
 from tests.helpers import SimulatedCrash
 

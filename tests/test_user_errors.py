@@ -21,7 +21,7 @@ from tests.conftest import run_cli
 
 def invoke(module: str, *args: str) -> int:
     """Runs `python -m experiments.<module> args...` in this process; returns the exit status."""
-    from experiments import cli
+    from runtime import cli
 
     mod = importlib.import_module(f"experiments.{module}")
     argv = sys.argv
@@ -46,7 +46,7 @@ def _clean_env(monkeypatch):
 def files(tmp_path_factory) -> dict[str, Path]:
     """Checkpoints and folders the bad inputs point at: a VAE and a DDPM checkpoint with the suite's record
     (random weights: what matters is what they are), a corrupt file, a foreign pickle, an empty folder."""
-    from experiments.config import compose
+    from runtime.config import compose
 
     root = tmp_path_factory.mktemp("bad_inputs")
     out: dict[str, Path] = {}
@@ -71,7 +71,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     out["foreign"] = root / "foreign.ckpt"
     torch.save({"weights": torch.zeros(3)}, out["foreign"])
     out["pickle"] = root / "pickle.ckpt"
-    torch.save({"state_dict": {}, "obj": Path("x")}, out["pickle"])  # a non-tensor object: weights_only refuses
+    torch.save(
+        {"state_dict": {}, "obj": Path("x")}, out["pickle"]
+    )  # a non-tensor object: weights_only refuses
     out["empty"] = root / "empty"
     out["empty"].mkdir()
     out["images"] = root / "images"
@@ -97,7 +99,9 @@ def snapshot(run: Path) -> dict[str, bytes]:
     return {
         str(p.relative_to(run)): p.read_bytes()
         for p in sorted(run.rglob("*"))
-        if p.is_file() and ".hydra" not in p.relative_to(run).parts and not (p.parent == run and p.suffix == ".log")
+        if p.is_file()
+        and ".hydra" not in p.relative_to(run).parts
+        and not (p.parent == run and p.suffix == ".log")
     }
 
 
@@ -108,27 +112,47 @@ CASES = [
     ("train", ["experiment=vae_mnist", "seed=-1"], "`seed=-1`"),
     ("train", ["experiment=vae_mnist", "trainer.max_epoch=1"], "Did you mean `trainer.max_epochs`?"),
     ("train", ["experiment=vae_mnist", "+trainer.max_epoch=1"], "Did you mean `trainer.max_epochs`?"),
-    ("train", ["experiment=vae_mnist", "trainer.max_epochs=abc"], "`trainer.max_epochs='abc'`: expected an integer"),
+    (
+        "train",
+        ["experiment=vae_mnist", "trainer.max_epochs=abc"],
+        "`trainer.max_epochs='abc'`: expected an integer",
+    ),
     ("train", ["experiment=vae_mnist", "trainer.max_steps=ten"], "`trainer.max_steps='ten'`"),
     ("train", ["experiment=vae_mnist", "trainer.limit_train_batches=1.5"], "fraction of the split"),
     ("train", ["experiment=vae_mnist", "trainer.precision=17"], "`trainer.precision=17`"),
     ("train", ["experiment=vae_mnist", "trainer.fast_dev_run=maybe"], "`trainer.fast_dev_run='maybe'`"),
-    ("train", ["experiment=vae_mnist", "data.batch_size=0"], "`data.batch_size=0`: expected a positive integer"),
+    (
+        "train",
+        ["experiment=vae_mnist", "data.batch_size=0"],
+        "`data.batch_size=0`: expected a positive integer",
+    ),
     ("train", ["experiment=vae_mnist", "data.num_workers=-2"], "`data.num_workers=-2`"),
     ("train", ["experiment=vae_mnist", "data.source=nope"], "data.source='nope'"),
     ("train", ["experiment=vae_mnist", "data.source=local", "data.path={empty}"], "{empty}"),
     ("train", ["experiment=nope"], "`experiment=nope`: no such config"),
     ("train", ["experiment=vae_mnsit"], "Did you mean `vae_mnist`?"),
     ("train", ["experiment=vae_mnist", "model.nope=1"], "`model.nope` is not a key"),
-    ("train", ["experiment=vae_mnist", "+model.nope=1"], "`model.nope` is not an argument of lit_modules.vae.VAE"),
+    (
+        "train",
+        ["experiment=vae_mnist", "+model.nope=1"],
+        "`model.nope` is not an argument of lit_modules.vae.VAE",
+    ),
     ("train", ["experiment=vae_mnist", "trainer=nope"], "`trainer=nope`: no such config"),
     ("train", ["experiment=ddpm_mnist", "model.prediction_type=foo"], "model.prediction_type='foo'"),
     ("train", ["experiment=ddpm_mnist", "model.sampler=nope"], "unknown sampler 'nope'"),
     ("train", ["experiment=ddpm_mnist", "model.steps=5000"], "steps=5000"),
-    ("train", ["experiment=ddpm_mnist", "trainer.limit_test_batches=1"], "model.fid_allow_below_minimum=true"),
+    (
+        "train",
+        ["experiment=ddpm_mnist", "trainer.limit_test_batches=1"],
+        "model.fid_allow_below_minimum=true",
+    ),
     ("train", ["experiment=ddpm_mnist", "model.fid_num_samples=100"], "model.fid_num_samples=100"),
     # train: files
-    ("train", ["experiment=vae_mnist", "ckpt_path=/no/such/file.ckpt"], "`ckpt_path=/no/such/file.ckpt`: no such file"),
+    (
+        "train",
+        ["experiment=vae_mnist", "ckpt_path=/no/such/file.ckpt"],
+        "`ckpt_path=/no/such/file.ckpt`: no such file",
+    ),
     ("train", ["experiment=vae_mnist", "ckpt_path={empty}"], "is a folder; expected a .ckpt file"),
     ("train", ["experiment=vae_mnist", "ckpt_path={corrupt}"], "not a readable PyTorch checkpoint"),
     ("train", ["experiment=vae_mnist", "ckpt_path={foreign}"], "not a Lightning checkpoint"),
@@ -142,12 +166,16 @@ CASES = [
     ("evaluate", ["experiment=vae_mnist", "ckpt_path={vae}", "trainer.max_epoch=1"], "trainer.max_epochs"),
     # sample
     ("sample", [], "ckpt_path is required"),
-    ("sample", ["ckpt_path={vae}"], "is not a diffusion model checkpoint"),
+    ("sample", ["ckpt_path={vae}"], "is not a checkpoint of a generative model"),
     ("sample", ["ckpt_path={ddpm}", "num_samples=0"], "`num_samples=0`: expected a positive integer"),
     ("sample", ["ckpt_path={ddpm}", "sampler=nope"], "unknown sampler 'nope'"),
     ("sample", ["ckpt_path={ddpm}", "steps=0"], "steps=0"),
     ("sample", ["ckpt_path={ddpm}", "guidance_scale=2"], "guidance_scale=2"),
-    ("sample", ["ckpt_path={ddpm}", "expensive_metrics=true", "num_samples=10"], "fid.allow_below_minimum=true"),
+    (
+        "sample",
+        ["ckpt_path={ddpm}", "expensive_metrics=true", "num_samples=10"],
+        "fid.allow_below_minimum=true",
+    ),
     ("sample", ["ckpt_path={ddpm}", "seed=x"], "`seed='x'`"),
     # enhance
     ("enhance", ["input_dir={empty}", "output_dir={tmp}/out", "ckpt_path={vae}"], "{empty}"),

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core import degradation as DG
 from experiments.benchmarks.common import print_table, write_results
 from lit_modules import deconv as D
 
@@ -51,50 +52,60 @@ def _time(fn: Callable[[], object], reps: int, device: str) -> tuple[float, floa
     return statistics.median(times), min(times)
 
 
-def run(args: argparse.Namespace) -> int:
-    from skimage.restoration import wiener as sk_wiener
-
+def clean_images(size: int, dev: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bundled astronaut photo's top-left `size` x `size` crop as (1, 1, H, W) grey (BT.601 luma) and
+    (1, 3, H, W) RGB, float64 in [0, 1]."""
     from data.photos import load_photo
 
+    rgb = load_photo("astronaut")[:size, :size].astype(np.float64) / 255
+    f_rgb = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(dev)
+    luma = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64, device=dev).view(3, 1, 1)
+    return (f_rgb * luma).sum(1, keepdim=True), f_rgb
+
+
+def filters_of(
+    g: torch.Tensor, f: torch.Tensor, psf: torch.Tensor, var: float, search: D.GammaSearch
+) -> dict:
+    """name -> a call of each timed filter on the degraded image g (clean image f for the oracle)."""
+    filters: dict[str, Callable[[], object]] = {
+        "inverse": lambda g=g: D.inverse_filter(g, psf),
+        "inverse, cutoff 0.3": lambda g=g: D.inverse_filter(g, psf, cutoff=0.3),
+        "wiener, K=1e-3": lambda g=g: D.wiener_filter(g, psf, 1e-3),
+        "wiener, oracle NSR": lambda g=g, f=f: D.wiener_filter(g, psf, D.oracle_nsr(f, var)),
+        "cls, fixed gamma": lambda g=g, gam=search.gamma: D.cls_filter(g, psf, gam),
+        f"cls_auto (search: {search.iterations} iterations)": lambda g=g: D.cls_auto(g, psf, 0.0, var),
+        "cls_auto, symmetric boundary": lambda g=g: D.cls_auto(g, psf, 0.0, var, boundary="symmetric"),
+    }
+    return filters
+
+
+def skimage_baseline(
+    g: torch.Tensor, psf: torch.Tensor, search: D.GammaSearch, reps: int
+) -> tuple[float, float]:
+    """(median, min) seconds of scikit-image's `restoration.wiener` on the grey image, balance = the gamma found."""
+    from skimage.restoration import wiener as sk_wiener
+
+    g_np, psf_np, balance = g[0, 0].cpu().numpy(), psf.cpu().numpy(), float(search.gamma)
+    return _time(lambda a=g_np, k=psf_np, b=balance: sk_wiener(a, k, b, clip=False), reps, "cpu")
+
+
+def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir or tempfile.mkdtemp(prefix="bench_cls_"))
     dev = args.device
-    rgb = load_photo("astronaut")[: args.size, : args.size].astype(np.float64) / 255
-    f_rgb = torch.from_numpy(rgb).permute(2, 0, 1)[None].to(dev)
-    f_grey = (f_rgb * torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64, device=dev).view(3, 1, 1)).sum(
-        1, keepdim=True
-    )
-    psf = D.gaussian_psf(2.0).to(dev)
+    f_grey, f_rgb = clean_images(args.size, dev)
+    psf = DG.gaussian_psf(2.0).to(dev)
     var = 1e-3
     results: dict = {"device": dev, "threads": torch.get_num_threads(), "size": args.size, "rows": {}}
     rows = []
     for colour, f in (("grey", f_grey), ("rgb", f_rgb)):
-        g, _ = D.degrade(f, psf, 0.0, var, torch.Generator().manual_seed(0))
+        g, _ = DG.degrade(f, psf, 0.0, var, torch.Generator().manual_seed(0))
         search = D.cls_auto(g, psf, 0.0, var)[1]
-        filters: dict[str, Callable[[], object]] = {
-            "inverse": lambda g=g: D.inverse_filter(g, psf),
-            "inverse, cutoff 0.3": lambda g=g: D.inverse_filter(g, psf, cutoff=0.3),
-            "wiener, K=1e-3": lambda g=g: D.wiener_filter(g, psf, 1e-3),
-            "wiener, oracle NSR": lambda g=g, f=f: D.wiener_filter(g, psf, D.oracle_nsr(f, var)),
-            "cls, fixed gamma": lambda g=g, gam=search.gamma: D.cls_filter(g, psf, gam),
-            f"cls_auto (search: {search.iterations} iterations)": lambda g=g: D.cls_auto(g, psf, 0.0, var),
-            "cls_auto, symmetric boundary": lambda g=g: D.cls_auto(g, psf, 0.0, var, boundary="symmetric"),
-        }
         if colour == "grey":
-            g_np, psf_np, balance = g[0, 0].cpu().numpy(), psf.cpu().numpy(), float(search.gamma)
-            base, base_min = _time(
-                lambda a=g_np, k=psf_np, b=balance: sk_wiener(a, k, b, clip=False), args.reps, "cpu"
-            )
+            base, base_min = skimage_baseline(g, psf, search, args.reps)
             results["skimage_wiener_grey_s"] = {"median": base, "min": base_min}
-            rows.append(
-                (
-                    colour,
-                    "skimage.restoration.wiener (numpy, CPU)",
-                    f"{base * 1e3:.1f}",
-                    f"{base_min * 1e3:.1f}",
-                    "1.00",
-                )
-            )
-        for name, fn in filters.items():
+            name = "skimage.restoration.wiener (numpy, CPU)"
+            rows.append((colour, name, f"{base * 1e3:.1f}", f"{base_min * 1e3:.1f}", "1.00"))
+        for name, fn in filters_of(g, f, psf, var, search).items():
             t, t_min = _time(fn, args.reps, dev)
             results["rows"][f"{colour}/{name}"] = {"median": t, "min": t_min}
             ratio = t / results["skimage_wiener_grey_s"]["median"]
