@@ -1,14 +1,17 @@
 """Pieces shared by the DataModules: an epoch-seeded sampler, a training loader that resumes mid-epoch, and
-an in-memory image dataset."""
+an in-memory image dataset, and the spec a DataModule declares (`DataSpec`)."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
+
+from core.errors import ConfigError, InputError
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -133,3 +136,83 @@ class ImageTensorDataset(Dataset):
         idx = torch.as_tensor(indices)
         x = self.images[idx].float().div_(255)
         return list(zip(x.unbind(0), self.labels[idx].unbind(0)))
+
+
+# ------------------------------------------------------------------------------------------ the data's spec
+DOMAINS = ("mnist", "lowlight_rgb", "deblur")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a DataModule promises about its images, so models and metrics read it instead of hard-coding it:
+    `image_shape` (C, H, W; H and W None for images of varying size), `num_classes` (None: unlabelled),
+    `value_range` of the pixels, and `domain` (what kind of images: the FID looks its feature network up by it).
+    Configs interpolate the same keys: `${data.image_shape[0]}`, `${data.num_classes}`, `${data.domain}`."""
+
+    image_shape: tuple[int, int | None, int | None]
+    num_classes: int | None
+    value_range: tuple[float, float]
+    domain: str
+
+    @classmethod
+    def from_config(
+        cls, image_shape: Any, num_classes: Any, value_range: Any, domain: str, where: str = "data"
+    ) -> DataSpec:
+        shape = tuple(image_shape) if image_shape is not None else ()
+        if (
+            len(shape) != 3
+            or not _positive_int(shape[0])
+            or not all(s is None or _positive_int(s) for s in shape[1:])
+        ):
+            raise ConfigError(
+                f"{where}.image_shape={list(shape) or image_shape!r}: expected [C, H, W] (H, W may be null)"
+            )
+        if num_classes is not None and not _positive_int(num_classes):
+            raise ConfigError(f"{where}.num_classes={num_classes!r}: expected a positive integer or null")
+        vr = tuple(float(v) for v in value_range)
+        if len(vr) != 2 or not vr[0] < vr[1]:
+            raise ConfigError(
+                f"{where}.value_range={list(value_range)}: expected [low, high] with low < high"
+            )
+        if domain not in DOMAINS:
+            raise ConfigError(f"{where}.domain={domain!r} is not one of {list(DOMAINS)}")
+        return cls(
+            (int(shape[0]), *(None if s is None else int(s) for s in shape[1:])),  # type: ignore[arg-type]
+            None if num_classes is None else int(num_classes),
+            vr,  # type: ignore[arg-type]
+            domain,
+        )
+
+    def check_images(self, images: torch.Tensor, source: str, where: str = "data") -> None:
+        """Raises InputError when (N, C, H, W) `images` (in `value_range`) contradict the spec."""
+        got = tuple(images.shape[1:])
+        want = self.image_shape
+        if (
+            len(got) != 3
+            or got[0] != want[0]
+            or any(w is not None and g != w for g, w in zip(got[1:], want[1:]))
+        ):
+            shown = "x".join("H" if w is None else str(w) for w in want).replace("H", "*")
+            raise InputError(
+                f"{where}.image_shape={list(want)} but {source} holds images of shape {'x'.join(map(str, got))} "
+                f"(expected {shown}); set {where}.image_shape to the data's shape"
+            )
+        lo, hi = float(images.min()), float(images.max())
+        if lo < self.value_range[0] or hi > self.value_range[1]:
+            raise InputError(
+                f"{where}.value_range={list(self.value_range)} but {source} has pixel values in [{lo:g}, {hi:g}]"
+            )
+
+    def check_labels(self, labels: torch.Tensor, source: str, where: str = "data") -> None:
+        if self.num_classes is None or len(labels) == 0:
+            return
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= self.num_classes:
+            raise InputError(
+                f"{where}.num_classes={self.num_classes} but {source} has labels {lo}..{hi}; "
+                f"expected labels 0..{self.num_classes - 1}"
+            )
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1

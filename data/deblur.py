@@ -1,4 +1,4 @@
-"""Paired blurred/clean images for the classical restoration experiment (issue #6): g = h * f + eta.
+"""Paired blurred/clean images for the classical restoration experiment (docs/classical.md): g = h * f + eta.
 
 Clean images (`data.source`):
 - `photos` (default, offline): photos bundled in scikit-image / scikit-learn / matplotlib (`data.photos`).
@@ -6,8 +6,8 @@ Clean images (`data.source`):
 Each is centre-cropped to `size` x `size` (null: full size) and converted to RGB (each channel degraded and
 restored alike) or to grey (`colour: grey`, BT.601 luma).
 
-Degradations: every combination of a blur (`blurs`: name -> PSF spec, `lit_modules.deconv.make_psf`:
-gaussian / motion (length, angle) / box / seed (seed 000's 3x3 matrix) / matrix / image file) and a noise
+Degradations: every combination of a blur (`blurs`: name -> PSF spec, `core.degradation.make_psf`:
+gaussian / motion (length, angle) / box / example3x3 (a 3x3 example matrix) / matrix / image file) and a noise
 level (`noises`: name -> {mean, var}, additive Gaussian on the [0, 1] scale). The setting `<blur>_<noise>` of
 image i is degraded with `torch.Generator().manual_seed(hash of (seed, setting index, i))`, so an item depends
 only on the seed and its place, never on the batch size or the workers. `blur_boundary` says how the blur
@@ -19,7 +19,7 @@ Items (test split only; the methods are not trained): `low` = g, `high` = f (flo
 (zero-padded to one size per data set, centre kept), `noise_mean`, `noise_var`, `setting`, `low_name`
 (`<setting>/<image>`), `high_name` (`<image>`).
 Degenerate settings (a PSF summing to 0, a PSF larger than the image, a negative noise variance) fail at
-construction with `lit_modules.deconv.DegenerateInputError` naming the setting.
+construction with `core.degradation.DegenerateInputError` (a ConfigError) naming the setting.
 """
 
 from __future__ import annotations
@@ -34,10 +34,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from core.degradation import DegenerateInputError, check_noise, check_psf, degrade, make_psf, pad_psf
+from core.errors import ConfigError, InputError, MissingFileError
 from data import photos as bundled
+from data.common import DataSpec
 from data.images import ImageReadError, list_images, read_rgb
 from data.lowlight import CheckReport, EmptySplitError
-from lit_modules.deconv import DegenerateInputError, check_noise, check_psf, degrade, make_psf, pad_psf
 
 SOURCES = ("photos", "folder")
 COLOURS = ("rgb", "grey")
@@ -53,18 +55,12 @@ class Setting:
     noise_var: float
 
 
-def _plain(v: Any) -> Any:
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    return OmegaConf.to_container(v, resolve=True) if isinstance(v, DictConfig | ListConfig) else v
-
-
 def centre_crop(image: np.ndarray, size: int | None, where: str) -> np.ndarray:
     if size is None:
         return image
     h, w = image.shape[:2]
     if h < size or w < size:
-        raise ValueError(f"{where}: {w}x{h} is smaller than the crop size {size} (data.size)")
+        raise InputError(f"{where}: {w}x{h} is smaller than the crop size {size} (data.size)")
     top, left = (h - size) // 2, (w - size) // 2
     return image[top : top + size, left : left + size]
 
@@ -128,20 +124,26 @@ class DeblurDataModule(pl.LightningDataModule):
         eval_batch_size: int = 1,
         num_workers: int = 0,
         max_images: int | None = None,
+        image_shape: Any = None,
+        num_classes: Any = None,
+        value_range: Any = (0.0, 1.0),
+        domain: str = "deblur",
     ):
         super().__init__()
+        # plain containers: configs/data/deblur.yaml sets Hydra's `_convert_: all`
         if source not in SOURCES:
-            raise ValueError(f"data.source={source!r} is not one of {SOURCES}")
+            raise ConfigError(f"data.source={source!r} is not one of {SOURCES}")
         if colour not in COLOURS:
-            raise ValueError(f"data.colour={colour!r} is not one of {COLOURS}")
+            raise ConfigError(f"data.colour={colour!r} is not one of {COLOURS}")
         if blur_boundary not in ("reflect", "circular"):
-            raise ValueError(f"data.blur_boundary={blur_boundary!r} is not one of ('reflect', 'circular')")
+            raise ConfigError(f"data.blur_boundary={blur_boundary!r} is not one of ('reflect', 'circular')")
         self.source, self.path, self.size, self.colour = source, path, size, colour
-        self.photo_names = list(_plain(photos) or bundled.DEBLUR_PHOTOS)
+        self._declare(image_shape, num_classes, value_range, domain)
+        self.photo_names = list(photos or bundled.DEBLUR_PHOTOS)
         self.blur_boundary, self.seed = blur_boundary, seed
         self.eval_batch_size, self.num_workers, self.max_images = eval_batch_size, num_workers, max_images
-        blurs = _plain(blurs) or {"gauss_s2": {"kind": "gaussian", "sigma": 2.0}}
-        noises = _plain(noises) or {"var1e-4": {"mean": 0.0, "var": 1e-4}}
+        blurs = dict(blurs or {"gauss_s2": {"kind": "gaussian", "sigma": 2.0}})
+        noises = dict(noises or {"var1e-4": {"mean": 0.0, "var": 1e-4}})
         self.settings: list[Setting] = []
         self.psfs: list[torch.Tensor] = []
         for bname, spec in blurs.items():
@@ -162,15 +164,32 @@ class DeblurDataModule(pl.LightningDataModule):
         self.test_set: DegradedImages | None = None
         self._names: list[str] = []
 
+    def _declare(self, image_shape: Any, num_classes: Any, value_range: Any, domain: str) -> None:
+        """The data's spec (data.common.DataSpec): [C, size, size] with C = 3 (rgb) or 1 (grey) unless given;
+        a given C must match `colour`."""
+        channels = 1 if self.colour == "grey" else 3
+        if image_shape is None:
+            image_shape = (channels, self.size, self.size)
+        self.spec = DataSpec.from_config(image_shape, num_classes, value_range, domain)
+        if self.spec.image_shape[0] != channels:
+            raise ConfigError(
+                f"data.image_shape={list(self.spec.image_shape)} but data.colour={self.colour} gives {channels} "
+                f"channel(s): set data.image_shape=[{channels}, {self.size}, {self.size}]".replace(
+                    "None", "null"
+                )
+            )
+        self.image_shape, self.num_classes = self.spec.image_shape, self.spec.num_classes
+        self.value_range, self.domain = self.spec.value_range, self.spec.domain
+
     # ------------------------------------------------------------------ clean images
     def _sources(self) -> list[tuple[str, Path | None]]:
         if self.source == "photos":
             return [(name, None) for name in self.photo_names]
         if not self.path:
-            raise ValueError("data.source=folder needs data.path (a folder of clean images)")
+            raise ConfigError("data.source=folder needs data.path (a folder of clean images)")
         folder = Path(self.path).expanduser()
         if not folder.is_dir():
-            raise FileNotFoundError(f"data.path={folder}: no such folder (expected a folder of clean images)")
+            raise MissingFileError(f"data.path={folder}: no such folder (expected a folder of clean images)")
         images, _ = list_images(folder)
         if not images:
             raise EmptySplitError(
@@ -194,6 +213,8 @@ class DeblurDataModule(pl.LightningDataModule):
             return
         sources = self._sources()[: self.max_images]
         images = [(name, self._to_tensor(self._load(name, path))) for name, path in sources]
+        for name, x in images:
+            self.spec.check_images(x[None], f"clean image {name}")
         shapes = {tuple(x.shape) for _, x in images}
         if self.size is None:
             for (name, x), psf in ((im, p) for im in images for p in self.psfs):

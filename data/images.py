@@ -16,10 +16,7 @@ Policy (stated once, applied everywhere):
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -255,25 +252,3 @@ def write_image(path: Path, array: np.ndarray, jpeg_quality: int = 95) -> None:
         Image.fromarray(array).save(path, format="JPEG", quality=jpeg_quality, subsampling=0)
     else:
         write_png(path, array)
-
-
-def write_atomic(path: str | os.PathLike, content: bytes | Callable[[BinaryIO], object]) -> None:
-    """Writes `path` through a hidden temporary file beside it, then `os.replace`s it onto `path`: readers see
-    the old file or the new one, never half of one, and a failure (Ctrl-C included) leaves the old file and no
-    temporary. `content` is the bytes, or a function that writes into the open binary file (a checkpoint's
-    `torch.save`, an image encoder), so large outputs stream to disk. The suite's one atomic writer: run
-    directory JSON, results, PNGs, checkpoints, synthetic data."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if callable(content):
-                content(f)
-            else:
-                f.write(content)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

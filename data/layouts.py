@@ -1,13 +1,16 @@
-"""The folder layouts of the paired low-light data sets (REFERENCE.md section 2), as data.
+"""The folder layouts of the paired low-light data sets (LOL: Wei et al. 2018; LOL-v2: Yang et al. 2021;
+LSRW: Hai et al. 2023), as data.
 
 A layout maps each split to one or more (low folder, high folder) pairs relative to the data set root.
-Pairs are matched by file name inside each folder pair (see `data.lowlight.pair_key`); the folder pair is
+Pairs are matched by file name inside each folder pair (see `data.lowlight.pairing.pair_key`); the folder pair is
 part of an image's name, so LSRW's Huawei and Nikon images may share file names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from core.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ LAYOUTS: dict[str, Layout] = {
             ),
         },
         extension=".jpg",
-        notes=("JPG; some outdoor pairs are not pixel-aligned (REFERENCE.md section 2)",),
+        notes=("JPG; some outdoor pairs are not pixel-aligned",),
     ),
 }
 LSRW_GROUPS = ("Huawei", "Nikon")
@@ -104,12 +107,12 @@ def folder_layout(
         if low is None and high is None:
             continue
         if low is None or high is None:
-            raise ValueError(
+            raise ConfigError(
                 f"data.folders: {split}_low and {split}_high must both be set or both be null (got {low!r}, {high!r})"
             )
         splits[split] = (FolderPair(str(low), str(high)),)
     if not splits:
-        raise ValueError(
+        raise ConfigError(
             "data.dataset=folder needs data.folders.{train,test}_{low,high} (at least one split)"
         )
     return Layout(name="folder", title="a folder pair given by paths", default_dir="", splits=splits)
@@ -117,5 +120,5 @@ def folder_layout(
 
 def get_layout(name: str) -> Layout:
     if name not in LAYOUTS:
-        raise ValueError(f"data.dataset={name!r} is not one of {[*LAYOUTS, 'folder']}")
+        raise ConfigError(f"data.dataset={name!r} is not one of {[*LAYOUTS, 'folder']}")
     return LAYOUTS[name]

@@ -27,7 +27,13 @@ from torch.utils.data import DataLoader
 
 from core.errors import ConfigError, InputError, MissingFileError, NetworkError
 from core.network import hub_access
-from data.common import EpochSeededSampler, ImageTensorDataset, ResumableDataLoader, batches_consumed
+from data.common import (
+    DataSpec,
+    EpochSeededSampler,
+    ImageTensorDataset,
+    ResumableDataLoader,
+    batches_consumed,
+)
 
 IDX_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -240,7 +246,10 @@ def read_hub(hub_id: str) -> tuple[Arrays, Arrays]:
 
 # ------------------------------------------------------------------------------------------------ module
 class MNISTDataModule(pl.LightningDataModule):
-    """Train/val/test splits of MNIST-like data as (image in [0, 1] of shape (1, 28, 28), label) batches."""
+    """Train/val/test splits of MNIST-like data as (image in [0, 1] of shape (1, 28, 28), label) batches.
+
+    Declares its spec (`image_shape`, `num_classes`, `value_range`, `domain`; data.common.DataSpec) and checks the
+    images it loads against it, so a model built from `${data.image_shape}` fits what it is fed."""
 
     def __init__(
         self,
@@ -254,11 +263,22 @@ class MNISTDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         eval_batch_size: int = 500,
         num_workers: int = 0,
+        image_shape: tuple[int, int, int] = (1, 28, 28),
+        num_classes: int = 10,
+        value_range: tuple[float, float] = (0.0, 1.0),
+        domain: str = "mnist",
     ):
         super().__init__()
         if source not in SOURCES:
             raise ConfigError(f"data.source={source!r} is not one of {SOURCES}")
+        # plain tuples, not Hydra's ListConfig: checkpoints (datamodule_hyper_parameters) load with weights_only
+        image_shape, value_range = tuple(image_shape), tuple(value_range)
         self.save_hyperparameters()
+        self.spec = DataSpec.from_config(image_shape, num_classes, value_range, domain)
+        self.image_shape, self.num_classes = self.spec.image_shape, self.spec.num_classes
+        self.value_range, self.domain = self.spec.value_range, self.spec.domain
+        if self.value_range != (0.0, 1.0):
+            raise ConfigError(f"data.value_range={list(value_range)}: MNIST pixels are read into [0, 1]")
         if source == "local":
             local_layout(Path(path))  # a wrong folder is refused before any work
         self.splits: dict[str, ImageTensorDataset] = {}
@@ -292,6 +312,9 @@ class MNISTDataModule(pl.LightningDataModule):
             self.splits[name] = ImageTensorDataset(
                 torch.from_numpy(np.array(xi, dtype=np.uint8)), torch.from_numpy(np.array(yi, dtype=np.int64))
             )
+            source = f"MNIST ({h.source}) {name} split"
+            self.spec.check_images(self.splits[name].images[:1].float() / 255, source)
+            self.spec.check_labels(self.splits[name].labels, source)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = self.splits[split]

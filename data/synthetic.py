@@ -1,6 +1,6 @@
 """Synthetic low-light pairs, generated once into a cached folder with a real data set's layout.
 
-The embedded default of the low-light DataModules (issue #4): normal-light images are crops of the photos
+The embedded default of the low-light DataModules: normal-light images are crops of the photos
 that ship with scikit-image, scikit-learn and matplotlib (`data.photos`); each low-light partner comes from
 a documented, seeded camera model. The folder is written in the layout of LOL (or LOL-v2, LSRW), and the
 DataModule reads it with exactly the code that reads the real data set. Numbers on it are synthetic: they
@@ -46,8 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from core.files import write_atomic
 from data import photos
-from data.images import write_atomic
 from data.layouts import Layout
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from core.errors import ConfigError, InputError
-
-VALUE_RANGES = ((0.0, 1.0), (-1.0, 1.0))
+from core.imageops import check_value_range
 
 
 def _pair(value: Any, name: str) -> tuple[int, int] | None:
@@ -29,13 +28,6 @@ def _pair(value: Any, name: str) -> tuple[int, int] | None:
     if len(value) != 2 or min(value) < 1:
         raise ConfigError(f"{name} must be null, a positive int or [height, width], got {value}")
     return value  # type: ignore[return-value]
-
-
-def check_value_range(value_range: Any) -> tuple[float, float]:
-    vr = tuple(float(v) for v in value_range)
-    if vr not in VALUE_RANGES:
-        raise ConfigError(f"value_range must be [0, 1] or [-1, 1], got {list(value_range)}")
-    return vr  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)

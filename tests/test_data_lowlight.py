@@ -1,6 +1,7 @@
 """Low-light DataModule: layouts of LOL / LOL-v2 / LSRW / folders, pairing, aligned transforms, unpaired
-sampling, the Hugging Face source, and every bad-input case of issue #4."""
+sampling, the Hugging Face source, the declared data shape, and every kind of bad input."""
 
+import dataclasses
 import io
 import warnings
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from core.errors import ConfigError, InputError
 from data.images import ImageReadError, NonRGBImageError
 from data.layouts import LAYOUTS
 from data.lowlight import (
@@ -423,3 +425,59 @@ def test_hf_imagefolder_layouts(tmp_path):
     dm.setup()
     item = dm.splits["test"][1]
     assert item["low_name"] == "test/low/1.png" and np.array_equal(_u8(item["low"]), _u8(item["high"]) // 4)
+
+
+# ------------------------------------------------------------------------------------------ declared shape
+def test_declared_shape_is_exposed_and_matches_every_item(tmp_path, compose_cfg):
+    """The config's image_shape / num_classes / value_range / domain reach the module as attributes, and
+    every item it yields has that shape and range (data.common.DataSpec)."""
+    import hydra
+
+    make_layout(tmp_path, "lol", n_train=3, n_test=2)
+    cfg = compose_cfg("train", ["data=lol", "data.source=local", f"data.path={tmp_path}", "data.crop=16"])
+    dm = hydra.utils.instantiate(cfg.data)
+    assert dm.image_shape == (3, None, None) and dm.num_classes is None and dm.domain == "lowlight_rgb"
+    assert dm.value_range == (0.0, 1.0)
+    dm.setup()
+    train, test = dm.splits["train"][0], dm.splits["test"][0]
+    assert train["low"].shape == (3, 16, 16) and test["low"].shape == (3, 24, 32)
+    assert dm.describe()["image_shape"] == [3, None, None] and dm.describe()["domain"] == "lowlight_rgb"
+    fixed = _dm(tmp_path, crop=16, eval_resize=16, image_shape=[3, 16, 16])
+    fixed.setup()
+    assert fixed.splits["test"][1]["high"].shape == (3, 16, 16)
+    fixed.spec = dataclasses.replace(fixed.spec, image_shape=(3, 8, 8))  # a spec the items contradict
+    fixed.splits["test"].spec = fixed.spec
+    with pytest.raises(InputError, match=r"image_shape=\[3, 8, 8\] but eval15/low/1.png holds .* 3x16x16"):
+        fixed.splits["test"][0]
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"image_shape": [1, None, None]}, r"image_shape=\[1, None, None\]: the low-light images are RGB"),
+        ({"image_shape": [3, 16, 16], "crop": 16}, r"declares every item 16x16 .*eval_resize=None"),
+        ({"image_shape": [3, 16, 16], "crop": 8, "eval_resize": 16}, r"crop \(or resize\)=\(8, 8\)"),
+        ({"num_classes": 2}, "num_classes=2: low-light pairs are unlabelled"),
+        ({"domain": "mnist"}, "domain='mnist': the low-light DataModule's domain is lowlight_rgb"),
+        ({"colour": "rgb"}, r"unknown key\(s\) \['colour'\]"),
+        ({"unpaired": {"high": "train"}}, r"data.unpaired: unknown key\(s\) \['high'\]"),
+    ],
+)
+def test_declared_shape_contradicting_the_options_is_refused(options, message):
+    with pytest.raises(ConfigError, match=message):
+        LowLightDataModule(**options)
+
+
+def test_a_crop_larger_than_a_training_image_fails_when_the_loader_is_made(tmp_path):
+    make_layout(tmp_path, "lol", n_train=2, n_test=1)  # 32x24 images
+    dm = _dm(tmp_path, crop=[24, 40])
+    dm.setup()  # evaluation alone does not need the crop
+    assert len(dm.test_dataloader()) == 1
+    with pytest.raises(
+        ConfigError, match=r"data.crop=\[24, 40\] .* larger than 4 training image.*our485/low/1.png \(32x24\)"
+    ):
+        dm.train_dataloader()
+    resized = _dm(tmp_path, crop=48, resize=40)
+    resized.setup()
+    with pytest.raises(ConfigError, match=r"data.resize=\[40, 40\]"):
+        resized.train_dataloader()
