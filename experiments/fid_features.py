@@ -18,23 +18,23 @@ import hydra
 import torch
 from omegaconf import OmegaConf
 
-from experiments.checkpoints import CheckpointMismatchError, load_checkpoint
 from lit_modules.fid import FEATURE_RECORD, FEATURE_WEIGHTS, load_feature_network, sha256_file
+from runtime.checkpoints import load_checkpoint, model_from_checkpoint
 
 
 @torch.no_grad()
 def export(
     ckpt_path: Path, weights: Path = FEATURE_WEIGHTS, record: Path = FEATURE_RECORD, note: str | None = None
 ) -> dict:
-    ckpt = load_checkpoint(ckpt_path)
-    suite = ckpt.get("suite") or {}
-    if suite.get("model_class") != "lit_modules.classifier.MNISTClassifier":
-        raise CheckpointMismatchError(
-            f"{ckpt_path} was written by {suite.get('model_class')!r}, not lit_modules.classifier.MNISTClassifier "
-            "(train one with `python -m experiments.train experiment=mnist_classifier`)"
-        )
-    model = hydra.utils.instantiate(OmegaConf.create(suite["model_config"]))
-    model.load_state_dict(ckpt["state_dict"])
+    from lit_modules.classifier import MNISTClassifier
+
+    model, suite = model_from_checkpoint(
+        ckpt_path,
+        accept=lambda cls: isinstance(cls, type) and issubclass(cls, MNISTClassifier),
+        expected="lit_modules.classifier.MNISTClassifier (train one with "
+        "`python -m experiments.train experiment=mnist_classifier`)",
+    )
+    ckpt = load_checkpoint(ckpt_path)  # epoch and step for the record
     net = model.net.eval()
     datamodule = hydra.utils.instantiate(OmegaConf.create(suite["data_config"]))
     datamodule.setup("test")

@@ -1,6 +1,7 @@
-"""The suite's FID protocol for MNIST-like images: torchmetrics' `FrechetInceptionDistance` on the features of a
-small MNIST classifier that the suite trains itself (`experiment=mnist_classifier`, training split only), with
-float64 statistics, real statistics from the test split, and a minimum sample count.
+"""The suite's FID protocol: torchmetrics' `FrechetInceptionDistance` on the features of a network chosen by the
+images' domain (`data.domain`, `DOMAIN_FEATURES`): for `mnist`, a small MNIST classifier that the suite trains
+itself (`experiment=mnist_classifier`, training split only); a domain without a feature network has no FID (a
+ConfigError names the domain). Float64 statistics, real statistics from the test split, a minimum sample count.
 
 Why not Inception: on MNIST there is no standard, the Inception weights need a download (this suite runs
 offline), and Inception-FID of grey 28x28 digits resized to 299 is a different scale altogether. The Inception
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,11 @@ FEATURE_RECORD = WEIGHTS_DIR / "mnist_classifier.json"
 # estimates are too noisy for the number to mean much; the protocol then refuses unless told otherwise.
 MIN_SAMPLES = 500
 FEATURES = ("mnist_classifier", "inception")
+# the feature networks an image domain (`data.domain`, configs/data/*.yaml) has, its default first; a domain not
+# listed has no FID (no feature network of that kind of image is committed)
+DOMAIN_FEATURES: dict[str, tuple[str, ...]] = {"mnist": ("mnist_classifier", "inception")}
+# what the MNIST classifier (lit_modules/nets/classifier.py) takes: (C, H, W)
+MNIST_INPUT_SHAPE = (1, 28, 28)
 
 
 class FIDProtocolError(ConfigError):
@@ -53,26 +60,36 @@ def sha256_file(path: Path) -> str:
 
 
 class ClassifierFeatures(nn.Module):
-    """(B, 1, H, W) float images in [0, 1] -> (B, 64) penultimate classifier features (float64 out).
+    """(B, C, H, W) float images in [0, 1] -> (B, feature_dim) penultimate classifier features (float64 out).
 
-    Inputs of another size (e.g. 32x32) are resized to 28x28 bilinearly; the network is frozen and in eval mode."""
+    `input_shape` is what the classifier takes ((1, 28, 28) for the MNIST classifier); images of another size
+    are resized to it bilinearly, RGB images are turned grey (BT.601 luma) for a grey classifier. The network is
+    frozen and in eval mode."""
 
-    def __init__(self, net: MNISTConvNet):
+    def __init__(self, net: nn.Module, input_shape: tuple[int, int, int] = MNIST_INPUT_SHAPE):
         super().__init__()
         self.net = net.eval().requires_grad_(False)
         self.num_features = net.feature_dim
+        self.input_shape = tuple(input_shape)
 
     def train(self, mode: bool = True) -> ClassifierFeatures:
         return super().train(False)  # always eval (dropout off)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or x.shape[1] != 1:
+        channels, height, width = self.input_shape
+        if x.ndim == 4 and x.shape[1] == 3 and channels == 1:
+            from core.imageops import rgb_to_grey
+
+            x = rgb_to_grey(x.float())
+        if x.ndim != 4 or x.shape[1] != channels:
             raise ValueError(
-                f"MNIST FID features expect (B, 1, H, W) grey images in [0, 1], got {tuple(x.shape)}"
+                f"FID classifier features expect (B, {channels}, H, W) images in [0, 1], got {tuple(x.shape)}"
             )
-        if x.shape[-2:] != (28, 28):
-            x = F.interpolate(x.float(), size=(28, 28), mode="bilinear", antialias=True, align_corners=False)
+        if x.shape[-2:] != (height, width):
+            x = F.interpolate(
+                x.float(), size=(height, width), mode="bilinear", antialias=True, align_corners=False
+            )
         param = next(self.net.parameters())
         return self.net.features(x.to(param.dtype)).double()
 
@@ -104,7 +121,7 @@ def load_feature_network(
         )
     net = MNISTConvNet(feature_dim=record["feature_dim"], dropout=record.get("dropout", 0.0))
     net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
-    return ClassifierFeatures(net), record
+    return ClassifierFeatures(net, MNIST_INPUT_SHAPE), record
 
 
 class GreyToInceptionUint8(nn.Module):
@@ -154,17 +171,32 @@ class FIDProtocol:
     """
 
     num_samples: int = 500
-    feature: str = "mnist_classifier"
+    feature: str | None = "mnist_classifier"  # None: the domain's default feature network
     allow_below_minimum: bool = False
     min_samples: int = MIN_SAMPLES
     # how the entry point spells the keys in messages: `model.fid_` (train/evaluate), `fid.` (sample)
     keys: tuple[str, str, str] = ("fid.feature", "fid.num_samples", "fid.allow_below_minimum")
+    domain: str | None = "mnist"  # the images' domain (data.domain): which feature networks apply
+    domain_key: str = "data.domain"
+
+    def __post_init__(self) -> None:
+        if self.feature is None and self.domain in DOMAIN_FEATURES:
+            self.feature = DOMAIN_FEATURES[self.domain][0]
 
     def check(self) -> None:
         """Raises before any work when the request is one the protocol refuses."""
         feature, num, allow = self.keys
-        if self.feature not in FEATURES:
-            raise FIDProtocolError(f"{feature}={self.feature!r} is not one of {list(FEATURES)}")
+        if self.domain not in DOMAIN_FEATURES:
+            raise FIDProtocolError(
+                f"{self.domain_key}={self.domain!r}: no FID feature network exists for this image domain "
+                f"({feature}={self.feature!r}; domains with one: {list(DOMAIN_FEATURES)}). Skip the FID "
+                f"({num}=0 or expensive_metrics=false)."
+            )
+        valid = DOMAIN_FEATURES[self.domain]
+        if self.feature not in valid:
+            raise FIDProtocolError(
+                f"{feature}={self.feature!r} is not a feature network of domain {self.domain!r}; valid: {list(valid)}"
+            )
         if self.num_samples < 2:
             raise FIDProtocolError(f"{num}={self.num_samples}: FID needs at least 2 generated images")
         if self.num_samples < self.min_samples and not self.allow_below_minimum:
@@ -191,7 +223,10 @@ class FIDProtocol:
         if self.feature == "mnist_classifier":
             features, self._record = load_feature_network()
             fid = FrechetInceptionDistance(
-                feature=features, reset_real_features=False, input_img_size=(1, 28, 28), normalize=True
+                feature=features,
+                reset_real_features=False,
+                input_img_size=features.input_shape,
+                normalize=True,
             )
         else:
             self._record = {"name": "inception-v3-compat (torch-fidelity), pool3 2048-d"}
@@ -231,3 +266,23 @@ class FIDProtocol:
             + ("" if comparable else f"; BELOW THE PROTOCOL MINIMUM ({self.min_samples}): NOT COMPARABLE"),
             **sampling,
         }
+
+
+def fid_of_generated(
+    protocol: Any, metric: Any, generated: Iterable[torch.Tensor], seeds: Sequence[int]
+) -> tuple[float, dict[str, Any]]:
+    """THE FID loop: `metric` (from `protocol.metric()`) already holds the real images' statistics; the
+    generated batches (images in [0, 1], one per seed of `seeds`) are added, the protocol's minimum checked on
+    both sides, and (fid, the protocol record for metrics.json) returned."""
+    num_real = int(metric.real_features_num_samples)
+    protocol.check_real(num_real)
+    device = metric.device if hasattr(metric, "device") else None
+    num_generated = 0
+    for images in generated:
+        metric.update(images.to(device) if device is not None else images, real=False)
+        num_generated += len(images)
+    if num_generated != len(seeds):
+        raise RuntimeError(f"FID: {num_generated} images generated for {len(seeds)} seeds")
+    fid = float(metric.compute())
+    record = protocol.describe(num_generated, num_real, seeds=f"{seeds[0]}..{seeds[-1]}")
+    return fid, record

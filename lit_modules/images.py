@@ -1,41 +1,16 @@
-"""Image tensors to grids and uint8 arrays, without torchvision (it cannot be installed beside the CPU torch),
-and the logging of labelled figures (`core.figures`) from a LightningModule."""
+"""The logging of labelled figures (`core.figures`) from a LightningModule, their row labels, and the labelled grid
+of a generative model's samples (`samples_figure`)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-
-def make_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2, pad_value: float = 1.0) -> torch.Tensor:
-    """Tiles (N, C, H, W) images row by row into one (C, H', W') image, `nrow` images per row."""
-    if images.ndim != 4:
-        raise ValueError(f"make_grid expects (N, C, H, W), got shape {tuple(images.shape)}")
-    n, c, h, w = images.shape
-    ncol = min(nrow, n)
-    nrows = math.ceil(n / ncol)
-    grid = images.new_full((c, nrows * (h + padding) + padding, ncol * (w + padding) + padding), pad_value)
-    for k in range(n):
-        r, q = divmod(k, ncol)
-        top, left = padding + r * (h + padding), padding + q * (w + padding)
-        grid[:, top : top + h, left : left + w] = images[k]
-    return grid
-
-
-def to_uint8(image: torch.Tensor, value_range: tuple[float, float] = (0.0, 1.0)) -> np.ndarray:
-    """(C, H, W) float in `value_range` -> (H, W) for grey or (H, W, C) uint8, rounded and clipped.
-
-    W&B stores float images as-is and shows [0, 1] floats as black, so every logged image goes through here.
-    """
-    lo, hi = value_range
-    x = (image.detach().float().cpu() - lo) / (hi - lo)
-    x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
-    if x.ndim == 3:
-        x = x[0] if x.shape[0] == 1 else x.permute(1, 2, 0)
-    return x.numpy()
+from core.figures import figure
 
 
 def log_figure(module: Any, key: str, image: np.ndarray, caption: str | None = None) -> None:
@@ -71,3 +46,40 @@ def seed_row_labels(first_seed: int, n: int, ncols: int) -> list[str]:
         lo, hi = first_seed + start, first_seed + min(start + ncols, n) - 1
         labels.append(f"seed {lo}" if lo == hi else f"seeds {lo}-{hi}")
     return labels
+
+
+def samples_figure(
+    images: torch.Tensor,
+    sampling: dict[str, Any],
+    first_seed: int,
+    num_classes: int = 0,
+    when: str | None = None,
+    ncols: int | None = None,
+    family: str = "Generative model",
+    title_options: Sequence[str] = (),
+) -> np.ndarray:
+    """A labelled grid of samples; image i has seed first_seed + i. The title "<family> samples: ..." names the
+    sampler, its steps, the `title_options` of `sampling` that are set (DDPM: DDIM's eta), the guidance scale,
+    a fixed class label and the weights (`sampling`, as `GenerativeModule.sampling_description` gives it);
+    rows are labelled with their seeds. Without a fixed `class_label`, a conditional model's images have
+    labels 0, 1, ..., C-1, 0, ... and the grid has one column per class, labelled "class c"."""
+    per_class = bool(num_classes) and sampling.get("class_label") is None
+    ncols = num_classes if per_class else min(ncols or 8, len(images))
+    parts = [f"{sampling['sampler']}, {sampling['steps']} steps"]
+    for key in title_options:
+        value = sampling.get(key)
+        if value is not None:
+            parts.append(f"{key} {value:g}" if isinstance(value, (int, float)) else f"{key} {value}")
+    if sampling.get("guidance_scale") is not None:
+        parts.append(f"guidance {sampling['guidance_scale']:g}")
+    if sampling.get("class_label") is not None:
+        parts.append(f"class {int(sampling['class_label'])}")
+    if sampling.get("weights"):
+        parts.append(str(sampling["weights"]))
+    return figure(
+        images,
+        ncols,
+        title=f"{family} samples: {', '.join(parts)}" + (f" ({when})" if when else ""),
+        row_labels=seed_row_labels(first_seed, len(images), ncols),
+        col_labels=[f"class {c}" for c in range(num_classes)] if per_class else None,
+    )

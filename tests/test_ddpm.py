@@ -9,12 +9,12 @@ import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from experiments.checkpoints import CheckpointMismatchError
-from experiments.config import compose
 from experiments.sample import sample
 from experiments.train import train
 from lit_modules.fid import FIDProtocolError
 from lit_modules.nets.unet import UNet
+from runtime.checkpoints import CheckpointMismatchError
+from runtime.config import compose
 
 # a real run, shrunk: 2 training batches, one validation and one test batch, 2 sampling steps, a tiny FID
 SHORT = [
@@ -87,7 +87,7 @@ def test_short_run_writes_checkpoints_images_and_an_honest_fid(runs, name):
 @pytest.mark.parametrize("name", ["ddpm_mnist", "ddpm_mnist_cfg"])
 def test_checkpoint_holds_ema_weights_and_the_test_scores_them(runs, name):
     """Lightning's EMA callback writes the averaged weights as state_dict and the raw ones beside them; the
-    fit-then-test in experiments.train must score the averaged ones (experiments/ema.py, fix 1)."""
+    fit-then-test in experiments.train must score the averaged ones (runtime/ema.py, fix 1)."""
     ckpt = torch.load(runs[name]["dir"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert "current_model_state" in ckpt and ckpt["suite"]["model_class"] == "lit_modules.ddpm.DDPM"
     ema, raw = _weight_sum(ckpt["state_dict"]), _weight_sum(ckpt["current_model_state"])
@@ -184,15 +184,15 @@ def test_bad_requests_fail_before_any_work(runs, tmp_path, name, overrides, erro
     assert not (tmp_path / "bad" / "run_info.json").exists()  # refused before the run directory is written
 
 
-def test_a_checkpoint_that_is_not_a_diffusion_model_is_refused(tmp_path):
+def test_a_checkpoint_that_is_not_a_generative_model_is_refused(tmp_path):
     other = tmp_path / "vae.ckpt"
-    torch.save(
-        {"state_dict": {}, "suite": {"model_class": "lit_modules.vae.VAE", "experiment": "vae_mnist"}}, other
-    )
+    record = "_target_: lit_modules.vae.VAE\n"
+    suite = {"model_class": "lit_modules.vae.VAE", "experiment": "vae_mnist", "model_config": record}
+    torch.save({"state_dict": {}, "suite": suite}, other)
     cfg = compose("sample", [f"ckpt_path={other}"], output_dir=tmp_path / "s")
     with pytest.raises(
         CheckpointMismatchError,
-        match="not a diffusion model checkpoint: it was written by lit_modules.vae.VAE",
+        match="not a checkpoint of a generative model .*: it was written by lit_modules.vae.VAE",
     ):
         sample(cfg)
 
@@ -283,7 +283,7 @@ def test_every_training_target_trains_and_samples(prediction_type):
     net = UNet(image_size=28, base_channels=8, channel_mults=(1, 2), attention_resolutions=(), groups=4)
     model = DDPM(net, optimizer=torch.optim.Adam, prediction_type=prediction_type, fid_num_samples=0)
     x = torch.rand(4, 1, 28, 28)
-    loss = model.diffusion_loss(x, torch.zeros(4, dtype=torch.long))
+    loss = model.per_image_loss(x, torch.zeros(4, dtype=torch.long))
     assert loss.shape == (4,) and torch.isfinite(loss).all()
     loss.mean().backward()
     assert all(p.grad is not None for p in net.parameters())

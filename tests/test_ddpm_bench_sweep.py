@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from experiments.config import compose
 from experiments.train import train
+from runtime.config import compose
 from tests.conftest import run_cli
 from tests.test_ddpm import SHORT
 

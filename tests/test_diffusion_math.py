@@ -53,7 +53,7 @@ def test_cosine_schedule_matches_improved_ddpm():
 
 def test_forward_process_empirical_moments_match_closed_form():
     """x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, and the same distribution as T single steps
-    x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps_t (the seed's derivation)."""
+    x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) eps_t (DDPM eq. 2, one step of the forward process)."""
     g = torch.Generator().manual_seed(0)
     betas = linear_betas(1000)
     abar = alphas_cumprod_from_betas(betas)

@@ -21,7 +21,7 @@ import hydra
 import torch
 
 from experiments.benchmarks.common import print_table, write_results
-from experiments.config import compose
+from runtime.config import compose
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -112,6 +112,113 @@ def time_training(models: dict[str, Any], batch: int, steps: int, rounds: int) -
     return times
 
 
+def training_step_part(cfg: Any, args: argparse.Namespace) -> tuple[dict[str, Any], torch.nn.Module]:
+    """Part 1: the suite's UNet, its diffusers twin (parameter count within 10 %, checked) and the suite's UNet
+    under bf16 autocast, alternating `--rounds` times; returns (results, the suite's fp32 UNet)."""
+    torch.manual_seed(0)
+    ours = hydra.utils.instantiate(cfg.model.net)
+    theirs = diffusers_twin(ours)
+    torch.manual_seed(0)
+    ours_bf16 = hydra.utils.instantiate(cfg.model.net)  # a twin, so the fp32 model's optimizer is its own
+    p_ours, p_theirs = n_params(ours), n_params(theirs)
+    rel = abs(p_theirs - p_ours) / p_ours
+    print(f"parameters: suite UNet {p_ours:,}, diffusers UNet2DModel {p_theirs:,} ({rel:+.1%})")
+    if rel > 0.10:
+        raise RuntimeError(
+            f"the diffusers twin has {rel:.1%} more/fewer parameters than the suite UNet (> 10 %)"
+        )
+    times = time_training(
+        {
+            "suite UNet": (ours, lambda m, x, t: m(x, t)),
+            "diffusers UNet2DModel": (theirs, lambda m, x, t: m(x, t).sample),
+            "suite UNet, bf16 autocast": (ours_bf16, _bf16_call),
+        },
+        args.batch,
+        args.steps,
+        args.rounds,
+    )
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = med["suite UNet"] / med["diffusers UNet2DModel"]
+    bf16_speedup = med["suite UNet"] / med["suite UNet, bf16 autocast"]
+    print_table(
+        [(k, f"{v * 1000:.1f}", f"{n:,}") for (k, v), n in zip(med.items(), (p_ours, p_theirs, p_ours))],
+        ("model", f"ms / training step (batch {args.batch})", "parameters"),
+    )
+    print(
+        f"training-step time ratio suite/diffusers: {ratio:.3f} (target <= 1.0); fp32/bf16 autocast: {bf16_speedup:.2f}x"
+    )
+    results = {
+        "params": {"suite": p_ours, "diffusers": p_theirs},
+        "train_step_s": med,
+        "train_ratio": ratio,
+        "bf16_speedup": bf16_speedup,
+    }
+    return results, ours
+
+
+def sampler_speed_part(model: Any, args: argparse.Namespace) -> dict[str, float]:
+    """Part 2: images per second of each `--speed-samplers` entry on `--sample-batch` images."""
+    speed = {}
+    for item in args.speed_samplers.split(","):
+        sampler, steps = item.split(":")[0], int(item.split(":")[1])
+        seeds = list(range(args.sample_batch))
+        start = time.perf_counter()
+        model.generate(seeds, sampler=sampler, steps=steps, progress=True)
+        elapsed = time.perf_counter() - start
+        speed[f"{sampler}-{steps}"] = args.sample_batch / elapsed
+        print(
+            f"{sampler}-{steps}: {args.sample_batch} images in {elapsed:.1f} s = {speed[f'{sampler}-{steps}']:.3f} images/s",
+            flush=True,
+        )
+    print_table(
+        [(k, f"{v:.3f}") for k, v in speed.items()],
+        ("sampler", f"images / s (batch {args.sample_batch})"),
+    )
+    return speed
+
+
+def _real_statistics(protocol: Any, cfg: Any) -> tuple[Any, int]:
+    """The FID metric holding the real test images' statistics, and their number (checked)."""
+    datamodule = hydra.utils.instantiate(cfg.data)
+    datamodule.setup("test")
+    metric = protocol.metric()
+    n_real = 0
+    for x, _ in datamodule.test_dataloader():
+        metric.update(x, real=True)
+        n_real += len(x)
+    protocol.check_real(n_real)
+    return metric, n_real
+
+
+def fid_part(model: Any, cfg: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Part 3: FID of each `--fid-samplers` entry under the suite's protocol, `--fid-samples` images each."""
+    from lit_modules.fid import FIDProtocol
+
+    protocol = FIDProtocol(args.fid_samples)
+    protocol.check()
+    metric, n_real = _real_statistics(protocol, cfg)
+    fids = {}
+    for item in args.fid_samplers.split(","):
+        sampler, steps = item.split(":")
+        metric.reset()  # keeps the real statistics (reset_real_features=False)
+        start = time.perf_counter()
+        for b in range(0, args.fid_samples, 250):
+            seeds = list(range(1_000_000 + b, 1_000_000 + min(b + 250, args.fid_samples)))
+            metric.update(model.generate(seeds, sampler=sampler, steps=int(steps), progress=True), real=False)
+        fids[item] = {"fid": float(metric.compute()), "seconds": time.perf_counter() - start}
+        print(f"FID {item}: {fids[item]['fid']:.3f} ({fids[item]['seconds']:.0f} s)", flush=True)
+    described = protocol.describe(args.fid_samples, n_real)
+    print_table(
+        [(k, f"{v['fid']:.2f}", f"{v['seconds']:.0f}") for k, v in fids.items()],
+        ("sampler:steps", "FID", "s"),
+    )
+    print(
+        f"FID protocol: {args.fid_samples} generated vs {n_real} real test images, MNIST-classifier features "
+        f"(sha256 {described['feature_network']['sha256'][:12]}...); embedded data, not comparable with papers"
+    )
+    return {"fid": fids, "fid_protocol": described}
+
+
 def run(args: argparse.Namespace) -> int:
     out = Path(args.output_dir or tempfile.mkdtemp(prefix="bench_ddpm_"))
     results: dict[str, Any] = {"threads": torch.get_num_threads(), "batch": args.batch}
@@ -122,103 +229,16 @@ def run(args: argparse.Namespace) -> int:
 
         model, _ = load_diffusion_model(args.ckpt)
     if not args.skip_speed:
-        torch.manual_seed(0)
-        ours = hydra.utils.instantiate(cfg.model.net)
-        theirs = diffusers_twin(ours)
-        torch.manual_seed(0)
-        ours_bf16 = hydra.utils.instantiate(cfg.model.net)  # a twin, so the fp32 model's optimizer is its own
-        p_ours, p_theirs = n_params(ours), n_params(theirs)
-        rel = abs(p_theirs - p_ours) / p_ours
-        print(f"parameters: suite UNet {p_ours:,}, diffusers UNet2DModel {p_theirs:,} ({rel:+.1%})")
-        if rel > 0.10:
-            raise RuntimeError(
-                f"the diffusers twin has {rel:.1%} more/fewer parameters than the suite UNet (> 10 %)"
-            )
-        times = time_training(
-            {
-                "suite UNet": (ours, lambda m, x, t: m(x, t)),
-                "diffusers UNet2DModel": (theirs, lambda m, x, t: m(x, t).sample),
-                "suite UNet, bf16 autocast": (ours_bf16, _bf16_call),
-            },
-            args.batch,
-            args.steps,
-            args.rounds,
-        )
-        med = {k: statistics.median(v) for k, v in times.items()}
-        ratio = med["suite UNet"] / med["diffusers UNet2DModel"]
-        bf16_speedup = med["suite UNet"] / med["suite UNet, bf16 autocast"]
-        results.update(
-            params={"suite": p_ours, "diffusers": p_theirs},
-            train_step_s=med,
-            train_ratio=ratio,
-            bf16_speedup=bf16_speedup,
-        )
-        print_table(
-            [(k, f"{v * 1000:.1f}", f"{n:,}") for (k, v), n in zip(med.items(), (p_ours, p_theirs, p_ours))],
-            ("model", f"ms / training step (batch {args.batch})", "parameters"),
-        )
-        print(
-            f"training-step time ratio suite/diffusers: {ratio:.3f} (target <= 1.0); fp32/bf16 autocast: {bf16_speedup:.2f}x"
-        )
-
+        part, ours = training_step_part(cfg, args)
+        results.update(part)
         net_model = model
         if net_model is None:
             from lit_modules.ddpm import DDPM
 
             net_model = DDPM(ours, optimizer=None, fid_num_samples=0)
-        speed = {}
-        for item in args.speed_samplers.split(","):
-            sampler, steps = item.split(":")[0], int(item.split(":")[1])
-            seeds = list(range(args.sample_batch))
-            start = time.perf_counter()
-            net_model.generate(seeds, sampler=sampler, steps=steps, progress=True)
-            elapsed = time.perf_counter() - start
-            speed[f"{sampler}-{steps}"] = args.sample_batch / elapsed
-            print(
-                f"{sampler}-{steps}: {args.sample_batch} images in {elapsed:.1f} s = {speed[f'{sampler}-{steps}']:.3f} images/s",
-                flush=True,
-            )
-        results["samples_per_second"] = speed
-        print_table(
-            [(k, f"{v:.3f}") for k, v in speed.items()],
-            ("sampler", f"images / s (batch {args.sample_batch})"),
-        )
-
+        results["samples_per_second"] = sampler_speed_part(net_model, args)
     if model is not None and args.fid_samplers:
-        from lit_modules.fid import FIDProtocol
-
-        protocol = FIDProtocol(args.fid_samples)
-        protocol.check()
-        datamodule = hydra.utils.instantiate(cfg.data)
-        datamodule.setup("test")
-        metric = protocol.metric()
-        n_real = 0
-        for x, _ in datamodule.test_dataloader():
-            metric.update(x, real=True)
-            n_real += len(x)
-        protocol.check_real(n_real)
-        fids = {}
-        for item in args.fid_samplers.split(","):
-            sampler, steps = item.split(":")
-            metric.reset()  # keeps the real statistics (reset_real_features=False)
-            start = time.perf_counter()
-            for b in range(0, args.fid_samples, 250):
-                seeds = list(range(1_000_000 + b, 1_000_000 + min(b + 250, args.fid_samples)))
-                metric.update(
-                    model.generate(seeds, sampler=sampler, steps=int(steps), progress=True), real=False
-                )
-            fids[item] = {"fid": float(metric.compute()), "seconds": time.perf_counter() - start}
-            print(f"FID {item}: {fids[item]['fid']:.3f} ({fids[item]['seconds']:.0f} s)", flush=True)
-        results["fid"] = fids
-        results["fid_protocol"] = protocol.describe(args.fid_samples, n_real)
-        print_table(
-            [(k, f"{v['fid']:.2f}", f"{v['seconds']:.0f}") for k, v in fids.items()],
-            ("sampler:steps", "FID", "s"),
-        )
-        print(
-            f"FID protocol: {args.fid_samples} generated vs {n_real} real test images, MNIST-classifier features "
-            f"(sha256 {results['fid_protocol']['feature_network']['sha256'][:12]}...); embedded data, not comparable with papers"
-        )
+        results.update(fid_part(model, cfg, args))
     write_results(out / "benchmark_ddpm.json", results)
     print(f"results: {out / 'benchmark_ddpm.json'}")
     return 0

@@ -6,10 +6,10 @@ A denoiser takes x_t (B, ...) and integer timestep indices t (B,) in [0, T) (ind
 labels are bound by the caller (see `classifier_free_guidance`), so a closed-form function of (x_t, t) works
 as well as a UNet: that is how the tests check the samplers on data whose exact denoiser is known.
 
-One seed per image (as in NVlabs/edm): every image has its own `torch.Generator` (on the CPU, so results do not
-depend on the device) for its initial noise x_T and for every noise draw of a stochastic step, drawn in the
-same order whatever the batch, so an image depends only on its seed, not on the batch size or batch
-composition.
+One seed per image (`lit_modules.sampling.PerImageNoise`): an image depends only on its seed. The samplers are
+also `lit_modules.sampling.Sampler` records in `SAMPLERS`, whose `run(model_fn, x_init, grid, noise, *,
+alphas_cumprod, prediction_type, progress, callback, **options)` takes the `grid` of integer timesteps
+(`timestep_schedule`); `sample(...)` is the one-call form.
 
 Each step works in the scalars of its two noise levels, `abar` (alpha_bar at the current index) and
 `abar_prev` (at the next index of the sampling sequence; 1.0 past the last one, i.e. the clean image).
@@ -26,36 +26,15 @@ from tqdm.auto import tqdm
 
 from core.errors import ConfigError
 from lit_modules.diffusion.schedules import PREDICTION_TYPES, to_x0_eps
+from lit_modules.sampling import PerImageNoise, Sampler, check_sampler_name, guided
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, int, torch.Tensor], None]  # (step number, timestep index, x after the step)
 
-SAMPLERS = ("ancestral", "ancestral_large", "ddim", "dpmpp_2m")
 SPACINGS = ("trailing", "leading", "linspace")
 
 
-# ------------------------------------------------------------------------------------------ seeds and steps
-class PerImageNoise:
-    """N(0, I) draws of `shape` per image, each image from its own seeded CPU generator."""
-
-    def __init__(
-        self,
-        seeds: Sequence[int],
-        shape: Sequence[int],
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ):
-        if len(seeds) == 0:
-            raise ValueError("at least one seed is needed (one per image)")
-        self.generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
-        self.shape = tuple(shape)
-        self.device, self.dtype = torch.device(device), dtype
-
-    def __call__(self) -> torch.Tensor:
-        draws = [torch.randn(self.shape, generator=g, dtype=torch.float32) for g in self.generators]
-        return torch.stack(draws).to(self.device, self.dtype)
-
-
+# ------------------------------------------------------------------------------------------------ steps
 def timestep_schedule(num_train_timesteps: int, steps: int, spacing: str = "trailing") -> list[int]:
     """The `steps` timestep indices a sampler visits, descending (Lin et al. 2023, Table 2, names as in diffusers):
     - trailing: round(T - k*T/steps) - 1, k = 0..steps-1; starts at T-1, where x_T ~ N(0, I) is the right start.
@@ -84,8 +63,7 @@ def check_steps(steps: int, num_train_timesteps: int) -> None:
 
 
 def check_sampler(name: str) -> None:
-    if name not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLERS)}")
+    check_sampler_name(SAMPLERS, name)
 
 
 def _levels(timesteps: Sequence[int], alphas_cumprod: torch.Tensor) -> list[tuple[int, float, float]]:
@@ -229,6 +207,53 @@ def dpmpp_2m_loop(
     return x
 
 
+# ------------------------------------------------------------------------------------------------ registry
+def _ancestral_small(model_fn, x_init, grid, noise, *, alphas_cumprod, prediction_type="eps", clip_x0=True,
+                     progress=False, callback=None) -> torch.Tensor:  # fmt: skip
+    return ancestral_loop(model_fn, x_init, grid, alphas_cumprod, noise, prediction_type, "small", clip_x0,
+                          progress, callback)  # fmt: skip
+
+
+def _ancestral_large(model_fn, x_init, grid, noise, *, alphas_cumprod, prediction_type="eps", clip_x0=True,
+                     progress=False, callback=None) -> torch.Tensor:  # fmt: skip
+    return ancestral_loop(model_fn, x_init, grid, alphas_cumprod, noise, prediction_type, "large", clip_x0,
+                          progress, callback)  # fmt: skip
+
+
+def _ddim(model_fn, x_init, grid, noise, *, alphas_cumprod, prediction_type="eps", eta=0.0, clip_x0=True,
+          progress=False, callback=None) -> torch.Tensor:  # fmt: skip
+    return ddim_loop(model_fn, x_init, grid, alphas_cumprod, noise, prediction_type, eta, clip_x0, progress,
+                     callback)  # fmt: skip
+
+
+def _dpmpp_2m(model_fn, x_init, grid, noise, *, alphas_cumprod, prediction_type="eps", clip_x0=True,
+              progress=False, callback=None) -> torch.Tensor:  # fmt: skip
+    return dpmpp_2m_loop(model_fn, x_init, grid, alphas_cumprod, noise, prediction_type, clip_x0, progress,
+                         callback)  # fmt: skip
+
+
+# `run(model_fn, x_init, grid, noise, *, alphas_cumprod, prediction_type, progress, callback, **options)`: grid =
+# descending integer timesteps; `alphas_cumprod` and `prediction_type` are the model's, not user options
+SAMPLERS: dict[str, Sampler] = {
+    "ancestral": Sampler(
+        "ancestral", _ancestral_small, {"clip_x0": True}, stochastic=True, evals_per_step=1,
+        description="DDPM ancestral sampling (Ho et al. 2020, Algorithm 2), fixed-small variance beta_tilde",
+    ),
+    "ancestral_large": Sampler(
+        "ancestral_large", _ancestral_large, {"clip_x0": True}, stochastic=True, evals_per_step=1,
+        description="DDPM ancestral sampling (Ho et al. 2020, Algorithm 2), fixed-large variance beta",
+    ),
+    "ddim": Sampler(
+        "ddim", _ddim, {"eta": 0.0, "clip_x0": True}, stochastic=True, evals_per_step=1,
+        description="DDIM (Song et al. 2021, eq. 12); eta=0 deterministic, eta=1 ancestral (fixed small)",
+    ),
+    "dpmpp_2m": Sampler(
+        "dpmpp_2m", _dpmpp_2m, {"clip_x0": True}, stochastic=False, evals_per_step=1,
+        description="DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), deterministic multistep ODE solver",
+    ),
+}  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------ guidance
 def classifier_free_guidance(
     model: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
@@ -236,20 +261,8 @@ def classifier_free_guidance(
     labels: torch.Tensor,
     null_label: int,
 ) -> Denoiser:
-    """eps~ = (1 + w) eps(z, c) - w eps(z) (Ho & Salimans 2022, eq. 6), w = guidance_scale, eps(z) the null class.
-
-    Both evaluations go through the model as one batch of 2B. Applied to the raw output whatever the
-    prediction type: x0 and v are affine in eps at fixed (x_t, t) with weights (1 + w) - w = 1, so guiding any
-    of them is the same guidance."""
-    labels = labels.long()
-
-    def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        null = torch.full_like(labels, null_label)
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null]).to(x.device))
-        cond, uncond = out.chunk(2)
-        return (1.0 + guidance_scale) * cond - guidance_scale * uncond
-
-    return guided
+    """eps~ = (1 + w) eps(z, c) - w eps(z) (Ho & Salimans 2022, eq. 6): `lit_modules.sampling.guided`."""
+    return guided(model, guidance_scale, labels, null_label)
 
 
 # ------------------------------------------------------------------------------------------------ one call
@@ -272,17 +285,29 @@ def sample(
 
     `ancestral` (fixed small), `ancestral_large` (fixed large), `ddim` (`eta`), `dpmpp_2m`; `steps` timesteps
     chosen by `spacing` (see `timestep_schedule`). `eta` only affects `ddim`."""
-    check_sampler(sampler)
+    entry = check_sampler_name(SAMPLERS, sampler)
     if prediction_type not in PREDICTION_TYPES:
         raise ConfigError(f"unknown prediction_type {prediction_type!r}; valid: {list(PREDICTION_TYPES)}")
     timesteps = timestep_schedule(len(alphas_cumprod), steps, spacing)
     noise = PerImageNoise(seeds, shape, device)
     x = noise()  # x_T, the first draw of every image's generator
-    common = dict(prediction_type=prediction_type, clip_x0=clip_x0, progress=progress, callback=callback)
-    if sampler == "ancestral":
-        return ancestral_loop(denoiser, x, timesteps, alphas_cumprod, noise, variance="small", **common)
-    if sampler == "ancestral_large":
-        return ancestral_loop(denoiser, x, timesteps, alphas_cumprod, noise, variance="large", **common)
-    if sampler == "ddim":
-        return ddim_loop(denoiser, x, timesteps, alphas_cumprod, noise, eta=eta, **common)
-    return dpmpp_2m_loop(denoiser, x, timesteps, alphas_cumprod, noise, **common)
+    options = {k: v for k, v in dict(eta=eta, clip_x0=clip_x0).items() if k in entry.options}
+    return entry.run(
+        denoiser, x, timesteps, noise, alphas_cumprod=alphas_cumprod, prediction_type=prediction_type,
+        progress=progress, callback=callback, **options,
+    )  # fmt: skip
+
+
+__all__ = [
+    "SAMPLERS",
+    "SPACINGS",
+    "PerImageNoise",
+    "ancestral_loop",
+    "check_sampler",
+    "check_steps",
+    "classifier_free_guidance",
+    "ddim_loop",
+    "dpmpp_2m_loop",
+    "sample",
+    "timestep_schedule",
+]

@@ -78,7 +78,7 @@ def _bcast(values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.T
 def q_sample(
     x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, alphas_cumprod: torch.Tensor
 ) -> torch.Tensor:
-    """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4, reparameterised; seed 003)."""
+    """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps (DDPM eq. 4, reparameterised)."""
     abar = _bcast(alphas_cumprod, t, x0)
     return abar.sqrt() * x0 + (1 - abar).sqrt() * eps
 

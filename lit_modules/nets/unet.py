@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -102,6 +103,34 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
+def check_layout(
+    image_size: int,
+    base_channels: int,
+    channel_mults: Sequence[int],
+    attention_resolutions: Sequence[int],
+    groups: int,
+) -> list[int]:
+    """The feature-map size of every level; ValueError naming the setting that does not fit."""
+    levels = len(channel_mults)
+    if image_size % 2 ** (levels - 1):
+        raise ValueError(
+            f"UNet: image_size={image_size} is not divisible by 2^{levels - 1} (channel_mults={list(channel_mults)} "
+            f"has {levels} levels); use fewer levels (28 -> 3 levels: 28, 14, 7) or pad the images"
+        )
+    resolutions = [image_size // 2**k for k in range(levels)]
+    unknown = sorted(set(attention_resolutions) - set(resolutions))
+    if unknown:
+        raise ValueError(
+            f"UNet: attention_resolutions {unknown} are not feature-map sizes of this network ({resolutions})"
+        )
+    for m in channel_mults:
+        if (base_channels * m) % groups:
+            raise ValueError(
+                f"UNet: {base_channels * m} channels are not divisible into {groups} GroupNorm groups"
+            )
+    return resolutions
+
+
 class UNet(nn.Module):
     """eps/x0/v network for (B, C, H, W) images; optional class conditioning with a learned null class.
 
@@ -124,23 +153,7 @@ class UNet(nn.Module):
         groups: int = 8,
     ):
         super().__init__()
-        levels = len(channel_mults)
-        if image_size % 2 ** (levels - 1):
-            raise ValueError(
-                f"UNet: image_size={image_size} is not divisible by 2^{levels - 1} (channel_mults={list(channel_mults)} "
-                f"has {levels} levels); use fewer levels (28 -> 3 levels: 28, 14, 7) or pad the images"
-            )
-        resolutions = [image_size // 2**k for k in range(levels)]
-        unknown = sorted(set(attention_resolutions) - set(resolutions))
-        if unknown:
-            raise ValueError(
-                f"UNet: attention_resolutions {unknown} are not feature-map sizes of this network ({resolutions})"
-            )
-        for m in channel_mults:
-            if (base_channels * m) % groups:
-                raise ValueError(
-                    f"UNet: {base_channels * m} channels are not divisible into {groups} GroupNorm groups"
-                )
+        resolutions = check_layout(image_size, base_channels, channel_mults, attention_resolutions, groups)
         self.image_size = image_size
         self.in_channels = in_channels
         self.num_classes = num_classes
@@ -156,41 +169,49 @@ class UNet(nn.Module):
         )
         # label `num_classes` is the null class ("no condition"): classifier-free guidance trains it by dropping labels
         self.class_emb = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
-
         self.conv_in = nn.Conv2d(in_channels, base_channels, 3, padding=1)
-        self.down = nn.ModuleList()
-        skips = [base_channels]
-        ch = base_channels
-        for k, mult in enumerate(channel_mults):
-            out = base_channels * mult
-            for _ in range(num_res_blocks):
-                self.down.append(ResBlock(ch, out, emb_dim, dropout, groups))
-                ch = out
-                if resolutions[k] in attention_resolutions:
-                    self.down.append(SelfAttention(ch, attention_heads, groups))
-                skips.append(ch)
-            if k < levels - 1:
-                self.down.append(Downsample(ch))
-                skips.append(ch)
-        self.mid = nn.ModuleList(
-            [
-                ResBlock(ch, ch, emb_dim, dropout, groups),
-                SelfAttention(ch, attention_heads, groups),
-                ResBlock(ch, ch, emb_dim, dropout, groups),
-            ]
-        )
-        self.up = nn.ModuleList()
-        for k in reversed(range(levels)):
-            out = base_channels * channel_mults[k]
-            for _ in range(num_res_blocks + 1):
-                self.up.append(ResBlock(ch + skips.pop(), out, emb_dim, dropout, groups))
-                ch = out
-                if resolutions[k] in attention_resolutions:
-                    self.up.append(SelfAttention(ch, attention_heads, groups))
-            if k > 0:
-                self.up.append(Upsample(ch))
+        # construction order = parameter-initialisation order: kept, so a seed gives the same weights as before
+        block = partial(ResBlock, emb_dim=emb_dim, dropout=dropout, groups=groups)
+        attention = partial(SelfAttention, heads=attention_heads, groups=groups)
+        self.down, skips = self._down_path(block, attention, resolutions)
+        ch = skips[-1]
+        self.mid = nn.ModuleList([block(ch, ch), attention(ch), block(ch, ch)])
+        self.up, ch = self._up_path(block, attention, resolutions, skips)
         self.norm_out = nn.GroupNorm(groups, ch)
         self.conv_out = zero_init(nn.Conv2d(ch, out_channels or in_channels, 3, padding=1))
+
+    def _down_path(self, block, attention, resolutions: list[int]) -> tuple[nn.ModuleList, list[int]]:
+        """The encoder's layers and the channel count of every skip connection it leaves (conv_in's first)."""
+        layers, ch = nn.ModuleList(), self.base_channels
+        skips = [ch]
+        for k, mult in enumerate(self.channel_mults):
+            out = self.base_channels * mult
+            for _ in range(self.num_res_blocks):
+                layers.append(block(ch, out))
+                ch = out
+                if resolutions[k] in self.attention_resolutions:
+                    layers.append(attention(ch))
+                skips.append(ch)
+            if k < len(self.channel_mults) - 1:
+                layers.append(Downsample(ch))
+                skips.append(ch)
+        return layers, skips
+
+    def _up_path(
+        self, block, attention, resolutions: list[int], skips: list[int]
+    ) -> tuple[nn.ModuleList, int]:
+        """The decoder's layers (each ResBlock takes one skip, last in first out) and its output channels."""
+        layers, ch, skips = nn.ModuleList(), skips[-1], list(skips)
+        for k in reversed(range(len(self.channel_mults))):
+            out = self.base_channels * self.channel_mults[k]
+            for _ in range(self.num_res_blocks + 1):
+                layers.append(block(ch + skips.pop(), out))
+                ch = out
+                if resolutions[k] in self.attention_resolutions:
+                    layers.append(attention(ch))
+            if k > 0:
+                layers.append(Upsample(ch))
+        return layers, ch
 
     @property
     def conditional(self) -> bool:
