@@ -1,7 +1,8 @@
-"""Classical deblurring (seed 000): inverse, Wiener and constrained least squares filters as a non-trainable
+"""Classical deblurring (Gonzalez & Woods, Digital Image Processing, ch. 5): inverse, Wiener and constrained least squares filters as a non-trainable
 LightningModule, scored with the suite's PSNR/SSIM protocol over a sweep of blurs and noise levels.
 
-Methods (`methods`: name -> {kind, options}; the math is in `lit_modules.deconv`):
+Methods (`methods`: name -> {kind, options}; the filters are `lit_modules.deconv`, the degradation model
+`core.degradation`):
 - `degraded`: g itself (the floor);
 - `inverse`: G / H (`cutoff`: radially limited to cutoff * 0.5 cycles/pixel; `eps`: 0 where |H| < eps);
 - `wiener`: constant K; `wiener_oracle`: K(u, v) = M N sigma^2 / |F(u, v)|^2 from the clean image (an oracle);
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 
+from core.errors import ConfigError
 from lit_modules import deconv
 from lit_modules.restoration import RestorationModule
 
@@ -50,21 +52,18 @@ class ClassicalDeblur(RestorationModule):
         log_every_search: bool = False,
     ):
         super().__init__(value_range=(0.0, 1.0), protocol=protocol, num_side_by_side=num_side_by_side)
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(methods, DictConfig):
-            methods = OmegaConf.to_container(methods, resolve=True)
+        # plain dicts: the config that builds this sets Hydra's `_convert_: all` (configs/model/cls_deblur.yaml)
         methods = dict(methods if methods is not None else DEFAULT_METHODS)
         for name, spec in methods.items():
             kind = (spec or {}).get("kind")
             if kind not in KINDS:
-                raise ValueError(f"model.methods.{name}: kind {kind!r} is not one of {KINDS}")
+                raise ConfigError(f"model.methods.{name}: kind {kind!r} is not one of {KINDS}")
             if "/" in name:
-                raise ValueError(f"model.methods.{name}: method names must not contain '/'")
+                raise ConfigError(f"model.methods.{name}: method names must not contain '/'")
         if not methods:
-            raise ValueError("model.methods is empty")
+            raise ConfigError("model.methods is empty")
         if boundary not in deconv.BOUNDARIES:
-            raise ValueError(f"model.boundary={boundary!r} is not one of {deconv.BOUNDARIES}")
+            raise ConfigError(f"model.boundary={boundary!r} is not one of {deconv.BOUNDARIES}")
         self.methods = {name: dict(spec) for name, spec in methods.items()}
         self.boundary, self.pad = boundary, pad
         self.dtype_ = getattr(torch, compute_dtype)

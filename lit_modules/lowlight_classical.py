@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lit_modules.imageops import from_unit_range, rgb_to_grey
+from core.imageops import from_unit_range, rgb_to_grey
 from lit_modules.restoration import RestorationModule
 
 

@@ -1,4 +1,4 @@
-"""NeRCo's losses as small pure functions, and CycleGAN's image pool.
+"""NeRCo's losses as small pure functions, CycleGAN's learning-rate schedule and image pool.
 
 Each function cites the released code (`Ysz2022/NeRCo`, models/NeRCo_model.py, `backward_G` / `backward_D_*`)
 and the paper's names (Yang et al., ICCV 2023): G_H = `netG_A` (enhance), G_L = `netG_B` (degrade),
@@ -96,6 +96,14 @@ def linear_decay_factor(epoch: int, n_epochs: int, n_epochs_decay: int, step_at_
     return 1.0 - max(0, e + 1 - n_epochs) / float(n_epochs_decay + 1)
 
 
+def apply_lr_factor(optimizers: list[torch.optim.Optimizer], factor: float) -> float:
+    """Sets every parameter group's lr to initial_lr * factor (stateless: a resumed run gets the same rate)."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["initial_lr"] * factor
+    return factor
+
+
 class ImagePool:
     """CycleGAN's history buffer (Shrivastava et al. 2017): until `size` images are stored, returns the input
     images and stores them; then, per image, with probability 1/2 returns a random stored image and replaces it
@@ -129,3 +137,17 @@ class ImagePool:
 
     def load(self, images: list[Tensor]) -> None:
         self.images = list(images)
+
+
+def pools_state(pools: dict[str, ImagePool]) -> dict[str, list[Tensor]]:
+    """Every pool's stored images on the CPU, by pool name (for a checkpoint)."""
+    return {k: p.state() for k, p in pools.items()}
+
+
+def load_pools(
+    pools: dict[str, ImagePool], states: dict[str, list[Tensor]] | None, device: torch.device
+) -> None:
+    """Refills the pools named in `states` (from `pools_state`) on `device`; other names are ignored."""
+    for name, images in (states or {}).items():
+        if name in pools:
+            pools[name].load([img.to(device) for img in images])

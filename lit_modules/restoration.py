@@ -25,9 +25,8 @@ import numpy as np
 import torch
 
 from core.figures import figure
-from data.transforms import check_value_range
+from core.imageops import check_value_range, to_unit_range
 from lit_modules.base import SuiteModule
-from lit_modules.imageops import to_unit_range
 from lit_modules.images import log_figure, psnr_text
 from lit_modules.metrics.restoration import RestorationProtocol, RestorationScores, prepare, psnr_per_image
 
@@ -70,12 +69,7 @@ class RestorationModule(SuiteModule):
         name_key: str = "low_name",
     ):
         super().__init__()
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(protocol, DictConfig):
-            protocol = OmegaConf.to_container(protocol, resolve=True)
-        if isinstance(value_range, ListConfig):
-            value_range = OmegaConf.to_container(value_range, resolve=True)
+        # plain containers: the configs that build restoration models set Hydra's `_convert_: all`
         self.value_range = check_value_range(value_range)
         self.protocol = RestorationProtocol.from_config(protocol)
         self.test_scores = RestorationScores(self.protocol, "test")

@@ -8,7 +8,7 @@ from experiments.benchmarks.lowlight import standin_generator
 
 def test_standin_has_nerco_generator_size():
     n = sum(p.numel() for p in standin_generator().parameters())
-    assert abs(n - 11.378e6) < 0.01e6  # REFERENCE.md: G_B 11.378M parameters
+    assert abs(n - 11.378e6) < 0.01e6  # docs/references.md section 1: G_B 11.378M parameters
 
 
 def test_lowlight_data_benchmark_smoke(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Seed 000's classical restoration: exactness, the residual constraint, the gamma search, scikit-image
+"""Classical restoration (Gonzalez & Woods, ch. 5): exactness, the residual constraint, the gamma search, scikit-image
 agreement, degenerate inputs, the deblurring DataModule and `experiments.evaluate experiment=cls_deblur`."""
 
 import csv
@@ -10,6 +10,7 @@ import pytest
 import torch
 from skimage.restoration import wiener as sk_wiener
 
+from core import degradation as DG
 from data.deblur import DeblurDataModule
 from data.photos import load_photo, load_photo_grey
 from experiments.evaluate import evaluate
@@ -35,9 +36,9 @@ def _psnr(x, f):
 
 
 def test_noiseless_invertible_psf_is_recovered_to_numerical_precision(grey, rgb):
-    psf = D.matrix_psf(INVERTIBLE)
+    psf = DG.matrix_psf(INVERTIBLE)
     for f in (grey, rgb):
-        g, _ = D.degrade(f, psf)
+        g, _ = DG.degrade(f, psf)
         assert (g - f).abs().max() > 1e-3  # it really is blurred
         assert (D.inverse_filter(g, psf) - f).abs().max() < 1e-10
         assert (D.cls_filter(g, psf, 0.0) - f).abs().max() < 1e-10
@@ -45,21 +46,21 @@ def test_noiseless_invertible_psf_is_recovered_to_numerical_precision(grey, rgb)
         assert search.gamma.item() == 0 and (out - f).abs().max() < 1e-10
     # a batch with one PSF per image
     f2 = torch.cat([grey, grey.flip(-1)])
-    psfs = torch.stack([D.matrix_psf(INVERTIBLE), D.pad_psf(D.matrix_psf([[0.2, 0.8]]), (3, 3))])
-    g2 = torch.cat([D.blur(f2[i : i + 1], psfs[i]) for i in range(2)])
+    psfs = torch.stack([DG.matrix_psf(INVERTIBLE), DG.pad_psf(DG.matrix_psf([[0.2, 0.8]]), (3, 3))])
+    g2 = torch.cat([DG.blur(f2[i : i + 1], psfs[i]) for i in range(2)])
     assert (D.inverse_filter(g2, psfs) - f2).abs().max() < 1e-9
 
 
 def test_a_non_invertible_psf_is_not_recovered_by_the_inverse_filter(grey):
-    psf = D.box_psf(4)  # H has zeros
-    g, _ = D.degrade(grey, psf)
+    psf = DG.box_psf(4)  # H has zeros
+    g, _ = DG.degrade(grey, psf)
     assert (D.inverse_filter(g, psf) - grey).abs().max() > 1e-3
 
 
 def test_residual_grows_monotonically_with_gamma_and_auto_gamma_meets_the_constraint(grey, rgb):
-    psf = D.gaussian_psf(1.5)
+    psf = DG.gaussian_psf(1.5)
     for f, mean in ((grey, 0.0), (rgb, 0.05)):
-        g, eta = D.degrade(
+        g, eta = DG.degrade(
             f, psf, noise_mean=mean, noise_var=1e-3, generator=torch.Generator().manual_seed(0)
         )
         _, _, shape, H, G = D._prepare(g, psf, mean, "circular", None)
@@ -69,7 +70,7 @@ def test_residual_grows_monotonically_with_gamma_and_auto_gamma_meets_the_constr
         assert (phi.diff() >= -1e-9 * phi.abs().max()).all() and phi[-1] > 10 * phi[0]
         # ||r||^2 from Parseval equals the spatial residual
         fh = D.cls_filter(g, psf, 0.1, noise_mean=mean)
-        r = (g - mean) - D.blur(fh, psf)
+        r = (g - mean) - DG.blur(fh, psf)
         assert r.pow(2).sum().item() == pytest.approx(
             D.cls_residual_energy(G, H, P2, torch.tensor(0.1, dtype=torch.float64), shape[1]).item(), rel=1e-9
         )
@@ -77,7 +78,7 @@ def test_residual_grows_monotonically_with_gamma_and_auto_gamma_meets_the_constr
         target = f.shape[1] * f.shape[-2] * f.shape[-1] * 1e-3
         assert s.target.item() == pytest.approx(target) and bool(s.converged.all())
         assert abs(s.residual.item() - target) <= 1e-3 * target
-        spatial = ((g - mean) - D.blur(out, psf)).pow(2).sum().item()  # the search's ||r||^2 is the real one
+        spatial = ((g - mean) - DG.blur(out, psf)).pow(2).sum().item()  # the search's ||r||^2 is the real one
         assert spatial == pytest.approx(s.residual.item(), rel=1e-9)
         assert (
             abs((eta - mean).pow(2).sum().item() - target) < 0.05 * target
@@ -90,9 +91,33 @@ def test_residual_grows_monotonically_with_gamma_and_auto_gamma_meets_the_constr
         assert abs(out.mean().item() - f.mean().item()) < 2e-3  # the known noise mean is removed
 
 
+def test_the_gamma_search_steps_bracket_then_bisect_into_the_band(grey):
+    """bracket_gamma ends with phi(lo) <= target + a and phi(hi) >= target - a (G&W eq. 5.9-7); bisect_gamma
+    then lands inside ||r||^2 = ||eta||^2 +- a, and phi is the spatial residual energy."""
+    psf = DG.gaussian_psf(1.5)
+    g, _ = DG.degrade(grey, psf, noise_var=1e-3, generator=torch.Generator().manual_seed(3))
+    _, _, shape, H, G = D._prepare(g, psf, 0.0, "circular", None)
+    P2 = D._abs2(D.laplacian_otf(shape, g.dtype, g.device))
+    target, tol = D.residual_target(1e-3, 1, 1, shape, 1e-3, g)
+    assert target.item() == pytest.approx(128 * 128 * 1e-3) and tol.item() == pytest.approx(
+        1e-3 * target.item()
+    )
+    phi = D.residual_energy_fn(G, H, P2, shape)
+    gam = torch.tensor([0.05], dtype=torch.float64)
+    fh = D.cls_filter(g, psf, 0.05)
+    assert phi(gam).item() == pytest.approx((g - DG.blur(fh, psf)).pow(2).sum().item(), rel=1e-9)
+    active = torch.tensor([True])
+    br = D.bracket_gamma(phi, target, tol, active, 1e3, (1e-12, 1e8), 200)  # starts far above the answer
+    assert br.r_lo.item() <= (target + tol).item() and br.r_hi.item() >= (target - tol).item()
+    assert br.lo.item() < 1e3 and {e["step"] for e in br.trace} == {"bracket_down"}
+    found = D.bisect_gamma(phi, br, target, tol, active, 200)
+    assert br.lo.item() <= found.item() <= br.hi.item() == 1e3 and br.trace[-1]["step"] == "bisect"
+    assert abs(phi(found).item() - target.item()) <= tol.item()
+
+
 def test_auto_cls_beats_inverse_filtering_by_a_clear_margin(rgb):
-    psf = D.motion_psf(9, 30)
-    g, _ = D.degrade(rgb, psf, noise_var=1e-4, generator=torch.Generator().manual_seed(1))
+    psf = DG.motion_psf(9, 30)
+    g, _ = DG.degrade(rgb, psf, noise_var=1e-4, generator=torch.Generator().manual_seed(1))
     cls_psnr = _psnr(D.cls_auto(g, psf, 0.0, 1e-4)[0], rgb)
     assert cls_psnr > _psnr(D.inverse_filter(g, psf), rgb) + 10
     assert cls_psnr > _psnr(D.inverse_filter(g, psf, cutoff=0.3), rgb) + 3
@@ -101,13 +126,13 @@ def test_auto_cls_beats_inverse_filtering_by_a_clear_margin(rgb):
 
 @pytest.mark.parametrize(
     "psf",
-    [D.gaussian_psf(2.0), D.box_psf(4), D.motion_psf(11, 60), D.matrix_psf(D.SEED_MATRIX)],
-    ids=["gauss", "box4", "motion", "seed"],
+    [DG.gaussian_psf(2.0), DG.box_psf(4), DG.motion_psf(11, 60), DG.matrix_psf(DG.EXAMPLE_MATRIX)],
+    ids=["gauss", "box4", "motion", "example3x3"],
 )
 def test_cls_matches_skimage_wiener(grey, psf):
     """skimage.restoration.wiener is Laplacian-regularised deconvolution with circular boundaries: it equals
     CLS with gamma = balance. Stated tolerance: 1e-10 (float64)."""
-    g, _ = D.degrade(grey, psf, noise_var=1e-4, generator=torch.Generator().manual_seed(2))
+    g, _ = DG.degrade(grey, psf, noise_var=1e-4, generator=torch.Generator().manual_seed(2))
     for balance in (1e-3, 0.1):
         ref = sk_wiener(g[0, 0].numpy(), psf.numpy(), balance, clip=False)
         ours = D.cls_filter(g, psf, balance)[0, 0].numpy()
@@ -115,8 +140,8 @@ def test_cls_matches_skimage_wiener(grey, psf):
 
 
 def test_symmetric_boundary_is_exact_for_a_reflective_blur_with_a_symmetric_psf(grey):
-    psf = D.matrix_psf(INVERTIBLE)
-    g = D.blur(grey, psf, boundary="reflect")
+    psf = DG.matrix_psf(INVERTIBLE)
+    g = DG.blur(grey, psf, boundary="reflect")
     assert (D.inverse_filter(g, psf, boundary="symmetric") - grey).abs().max() < 1e-10
     assert (D.inverse_filter(g, psf, boundary="circular") - grey).abs().max() > 1e-3  # wrong boundary model
     padded = D.cls_filter(g, psf, 1e-3, boundary="reflect", pad=8)
@@ -124,36 +149,39 @@ def test_symmetric_boundary_is_exact_for_a_reflective_blur_with_a_symmetric_psf(
 
 
 def test_degenerate_inputs_give_clear_errors(grey):
-    with pytest.raises(D.DegenerateInputError, match="sums to 0"):
-        D.matrix_psf([[1.0, -1.0]])
-    with pytest.raises(D.DegenerateInputError, match="sums to 0"):
+    with pytest.raises(DG.DegenerateInputError, match="sums to 0"):
+        DG.matrix_psf([[1.0, -1.0]])
+    with pytest.raises(DG.DegenerateInputError, match="sums to 0"):
         D.cls_filter(grey, torch.tensor([[1.0, -1.0]], dtype=torch.float64), 0.1)
-    with pytest.raises(D.DegenerateInputError, match=r"PSF \(129x129\) is larger than the image \(128x128\)"):
-        D.degrade(grey, D.box_psf(129))
-    with pytest.raises(D.DegenerateInputError, match="variance must be >= 0"):
-        D.degrade(grey, D.box_psf(3), noise_var=-1e-3)
-    with pytest.raises(D.DegenerateInputError, match="variance must be >= 0"):
-        D.cls_auto(grey, D.box_psf(3), 0.0, -1.0)
-    with pytest.raises(D.DegenerateInputError, match="unknown PSF kind"):
-        D.make_psf({"kind": "airy"})
-    with pytest.raises(D.DegenerateInputError, match="data.blurs.flat.*sums to 0"):
+    with pytest.raises(
+        DG.DegenerateInputError, match=r"PSF \(129x129\) is larger than the image \(128x128\)"
+    ):
+        DG.degrade(grey, DG.box_psf(129))
+    with pytest.raises(DG.DegenerateInputError, match="variance must be >= 0"):
+        DG.degrade(grey, DG.box_psf(3), noise_var=-1e-3)
+    with pytest.raises(DG.DegenerateInputError, match="variance must be >= 0"):
+        D.cls_auto(grey, DG.box_psf(3), 0.0, -1.0)
+    with pytest.raises(DG.DegenerateInputError, match="unknown PSF kind"):
+        DG.make_psf({"kind": "airy"})
+    with pytest.raises(DG.DegenerateInputError, match="data.blurs.flat.*sums to 0"):
         DeblurDataModule(blurs={"flat": {"kind": "matrix", "kernel": [[1, 0, -1]]}})
-    with pytest.raises(D.DegenerateInputError, match="data.blurs.huge.*larger than the image"):
+    with pytest.raises(DG.DegenerateInputError, match="data.blurs.huge.*larger than the image"):
         DeblurDataModule(size=64, blurs={"huge": {"kind": "gaussian", "sigma": 20}})
-    with pytest.raises(D.DegenerateInputError, match="data.noises.neg.*variance must be >= 0"):
+    with pytest.raises(DG.DegenerateInputError, match="data.noises.neg.*variance must be >= 0"):
         DeblurDataModule(noises={"neg": {"mean": 0, "var": -0.1}})
 
 
 def test_psfs():
-    m = D.motion_psf(9, 0)
+    m = DG.motion_psf(9, 0)
     rows = (m.abs() > 1e-12).any(1).nonzero().flatten().tolist()
     cols = (m.abs() > 1e-12).any(0).nonzero().flatten().tolist()
     assert rows == [m.shape[0] // 2] and len(cols) == 9 and m.sum().item() == pytest.approx(1)
-    v = D.motion_psf(9, 90)
+    v = DG.motion_psf(9, 90)
     assert torch.allclose(v, m.T)
-    assert D.make_psf({"kind": "seed"}).sum().item() == pytest.approx(1)
-    assert D.gaussian_psf(2.0).shape == (13, 13)
-    p = D.pad_psf(D.box_psf(4), (7, 7))
+    assert DG.make_psf({"kind": "example3x3"}).sum().item() == pytest.approx(1)
+    assert torch.equal(DG.make_psf({"kind": "seed"}), DG.make_psf({"kind": "example3x3"}))  # older spelling
+    assert DG.gaussian_psf(2.0).shape == (13, 13)
+    p = DG.pad_psf(DG.box_psf(4), (7, 7))
     assert p.shape == (7, 7) and p[1:5, 1:5].sum().item() == pytest.approx(1)  # centre (2, 2) -> (3, 3)
 
 
@@ -191,6 +219,30 @@ def test_deblur_datamodule_is_seeded_per_item(tmp_path):
         DeblurDataModule(source="folder", path=str(tmp_path), size=128).setup()
 
 
+def test_deblur_datamodule_declares_its_spec(compose_cfg):
+    """image_shape / num_classes / value_range / domain as the config declares them; C must match `colour`."""
+    import hydra
+
+    from core.errors import ConfigError
+
+    dm = DeblurDataModule(photos=["camera"], size=32, colour="grey")
+    assert (dm.image_shape, dm.num_classes, dm.value_range, dm.domain) == (
+        (1, 32, 32),
+        None,
+        (0.0, 1.0),
+        "deblur",
+    )
+    cfg = compose_cfg("evaluate", ["experiment=cls_deblur", "data.size=null"])
+    dm = hydra.utils.instantiate(cfg.data)
+    assert dm.image_shape == (3, None, None) and isinstance(dm.settings[0].psf_spec, dict)
+    with pytest.raises(
+        ConfigError, match=r"data.image_shape=\[3, 64, 64\] but data.colour=grey gives 1 channel"
+    ):
+        DeblurDataModule(size=64, colour="grey", image_shape=[3, 64, 64])
+    with pytest.raises(ConfigError, match="data.domain='space' is not one of"):
+        DeblurDataModule(size=64, domain="space")
+
+
 def test_evaluate_cls_deblur_writes_the_table(tmp_path, compose_cfg, caplog):
     run_dir = tmp_path / "run"
     cfg = compose_cfg(
@@ -201,7 +253,7 @@ def test_evaluate_cls_deblur_writes_the_table(tmp_path, compose_cfg, caplog):
             "data.max_images=2",
             "data.size=64",
             "~data.blurs.box7",
-            "~data.blurs.seed3x3",
+            "~data.blurs.example3x3",
             "~data.noises.var1e-5",
         ],
         run_dir=run_dir,

@@ -15,15 +15,15 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+from core.tiling import blend_weights, run_tiled, tile_starts
 from experiments.enhance import EnhanceError, enhance
-from lit_modules.nerco import (
-    NeRCo,
+from lit_modules.nerco import NeRCo
+from lit_modules.nerco_release import (
     OfficialCheckpointError,
     released_enhance,
     released_input,
     released_uint8,
 )
-from lit_modules.tiling import blend_weights, run_tiled, tile_starts
 from tests.conftest import run_cli
 from tests.test_nerco import write_released
 from tests.test_nerco_nets import released_h
@@ -64,7 +64,7 @@ def small_ckpt(tmp_path_factory) -> Path:
     """A checkpoint as experiments.train writes it (state_dict + the `suite` record) of a narrow NeRCo."""
     import hydra
 
-    from experiments.config import compose
+    from runtime.config import compose
 
     d = tmp_path_factory.mktemp("ckpt")
     cfg = compose("train", ["model=nerco", *SMALL], output_dir=d / "run")
@@ -355,7 +355,7 @@ def test_memory_limit_auto_follows_cgroups_and_rlimits(tmp_path, monkeypatch):
     memory (a container or SLURM job with --mem has far less than MemAvailable)."""
     import resource
 
-    from experiments.enhance import cpu_memory_limits_mb
+    from data.image_folder import cpu_memory_limits_mb
 
     proc, cg = tmp_path / "proc", tmp_path / "cgroup"
     (proc / "self").mkdir(parents=True)

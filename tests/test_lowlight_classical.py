@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
+from core.imageops import rgb_to_grey
 from experiments.evaluate import evaluate
 from experiments.prepare import prepare
-from lit_modules.imageops import rgb_to_grey
 from lit_modules.lowlight_classical import METHODS, ClassicalLowLight
 from tests.lowlight_fixtures import make_layout
 

@@ -5,8 +5,7 @@ import pytest
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from data.photos import load_photo
-from lit_modules.imageops import (
+from core.imageops import (
     crop_to,
     pad_to_multiple,
     resize_to_multiple,
@@ -14,6 +13,7 @@ from lit_modules.imageops import (
     run_padded,
     to_unit_range,
 )
+from data.photos import load_photo
 from lit_modules.metrics.restoration import (
     RestorationProtocol,
     RestorationScores,

@@ -12,15 +12,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from lit_modules.nerco import (
-    NeRCo,
+from lit_modules.nerco import NeRCo
+from lit_modules.nerco_losses import ImagePool, linear_decay_factor
+from lit_modules.nerco_release import (
     OfficialCheckpointError,
     released_enhance,
     released_input,
     released_size,
     released_uint8,
 )
-from lit_modules.nerco_losses import ImagePool, linear_decay_factor
 from lit_modules.nets.clip_backend import TextBackendUnavailable
 from tests.test_nerco_nets import naive_constant_nrn, random_state, released_g_a, released_h, released_pre
 
@@ -133,7 +133,7 @@ def test_each_component_switch_removes_its_terms(off):
 
 
 def test_unknown_switch_or_variant_is_refused():
-    with pytest.raises(ValueError, match=r"unknown components keys \['nrm'\]"):
+    with pytest.raises(ValueError, match=r"unknown model.components keys \['nrm'\]"):
         small(components={"nrm": False})
     with pytest.raises(ValueError, match="variant must be one of"):
         small("papr")
@@ -404,3 +404,27 @@ def test_released_inference_path_matches_a_direct_reimplementation(tmp_path):
     assert np.array_equal(u8, (out[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))  # truncation
     with pytest.raises(ValueError, match="batch size 1"):
         released_enhance(m.netG_A, m.netPre, m.netH, torch.cat([x, x]))
+
+
+def test_hydra_hands_plain_containers_and_inference_options_are_checked(compose_cfg, tmp_path):
+    """configs/model/nerco.yaml converts nested options (`_convert_: all`), so the hyperparameters a
+    checkpoint stores load with weights_only=True; `set_inference_options` replaces and checks the two
+    inference settings (what `experiments.enhance` passes)."""
+    from core.errors import ConfigError
+
+    small_nets = ["model.ngf=8", "model.ndf=8", "model.n_blocks=1", "model.text_discriminator.backend=random"]
+    cfg = compose_cfg("train", ["model=nerco", *small_nets])
+    m = hydra.utils.instantiate(cfg.model)
+    for key in ("faithful", "components", "weights", "text_discriminator", "protocol"):
+        assert type(m.hparams[key]) is dict, key
+    torch.save(dict(m.hparams), tmp_path / "hparams.pt")
+    assert torch.load(tmp_path / "hparams.pt", weights_only=True)["protocol"]["colour"] == "rgb"
+    assert m.inference_options() == {"nrn_chunk_pixels": 16384, "inference_resize": "round_to_4"}
+    m.set_inference_options(nrn_chunk_pixels=400)
+    m.set_inference_options(inference_resize="pad")
+    assert m.inference_options() == {"nrn_chunk_pixels": 400, "inference_resize": "pad"}
+    with pytest.raises(ConfigError, match=r"inference_resize must be one of \['pad', 'round_to_4'\]"):
+        m.set_inference_options(inference_resize="crop")
+    with pytest.raises(ConfigError, match="nrn_chunk_pixels=0: expected a positive number"):
+        m.set_inference_options(nrn_chunk_pixels=0)
+    assert m.inference_options()["nrn_chunk_pixels"] == 400  # a refused value changes nothing

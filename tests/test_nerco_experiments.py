@@ -21,7 +21,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from experiments.evaluate import evaluate
 from experiments.report import build_report
 from experiments.train import train
-from lit_modules.nerco import NeRCo, released_enhance, released_input
+from lit_modules.nerco import NeRCo
+from lit_modules.nerco_release import released_enhance, released_input
 from tests.conftest import run_cli
 from tests.lowlight_fixtures import make_layout
 from tests.test_nerco import write_released

@@ -1,4 +1,4 @@
-"""NeRCo's networks: shapes, parameter counts and the released checkpoint key layout (REFERENCE.md §1),
+"""NeRCo's networks: shapes, parameter counts and the released checkpoint key layout (Ysz2022/NeRCo),
 the NRN's coordinate modes and chunking, the mask extractor, the edge operators, the CLIP image tower."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def n_params(m: torch.nn.Module) -> int:
 
 # ------------------------------------------------------------------------- released key layout, by hand
 def _trunk_keys(in_ch: int) -> dict[str, tuple[int, ...]]:
-    """REFERENCE.md §1: model.1 (64,in,7,7), model.4, model.7, model.{10..18}.conv_block.{1,5} (256,256,3,3),
+    """The released CycleGAN trunk: model.1 (64,in,7,7), model.4, model.7, model.{10..18}.conv_block.{1,5} (256,256,3,3),
     model.19 ConvTranspose (256,128,3,3), model.22 (128,64,3,3); each with weight and bias."""
     keys = {"model.1.weight": (64, in_ch, 7, 7), "model.1.bias": (64,)}
     keys |= {"model.4.weight": (128, 64, 3, 3), "model.4.bias": (128,)}

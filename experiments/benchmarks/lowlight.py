@@ -8,7 +8,7 @@ Three measurements, interleaved over `--rounds` because this machine's timings d
 3. fed step: the same step with its batches coming from the loader (workers running beside it), which is
    what training sees. fed/alone close to 1 means loading is not the bottleneck.
 
-The stand-in is the CycleGAN `resnet_9blocks` generator (REFERENCE.md section 1: ngf 64, InstanceNorm,
+The stand-in is the CycleGAN `resnet_9blocks` generator (Zhu et al. 2017, CycleGAN: ngf 64, InstanceNorm,
 reflection padding, 9 residual blocks; 11.38M parameters with 3 input channels, as NeRCo's G_B). One NeRCo
 iteration runs several such networks (G_A twice, G_B twice, the NRN, the mask extractor, four
 discriminators, CLIP), so its step is several times longer: if the loader keeps up with this stand-in, it
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from experiments.benchmarks.common import print_table, write_results
-from experiments.config import compose
+from runtime.config import compose
 
 
 # ----------------------------------------------------------------------------- the stand-in network
@@ -140,8 +140,8 @@ def step_time(net: nn.Module, opt: torch.optim.Optimizer, batches, n_steps: int)
     return statistics.median(times)
 
 
-def run(args: argparse.Namespace) -> int:
-    out = Path(args.output_dir or tempfile.mkdtemp(prefix="bench_lowlight_"))
+def recipes_of(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The data recipes compared: a paired crop recipe and (unless --no-nerco-recipe) NeRCo's unpaired one."""
     recipes = {
         f"paired, crop {args.crop}, flips": {
             "crop": args.crop,
@@ -158,41 +158,38 @@ def run(args: argparse.Namespace) -> int:
             "mode": "unpaired",
             "value_range": "[-1.0,1.0]",
         }
-    torch.manual_seed(0)
-    net = standin_generator(ngf=args.ngf)
-    n_params = sum(p.numel() for p in net.parameters())
-    opt = torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    results: dict[str, Any] = {"recipes": {}, "params": n_params, "threads": torch.get_num_threads()}
-    describe = None
-    for r in range(args.rounds):
-        for name, opts in recipes.items():
-            res = results["recipes"].setdefault(
-                name, {"loader_0": [], "loader_w": [], "step": [], "fed_step": []}
-            )
-            print(f"== round {r + 1}/{args.rounds}: {name}", flush=True)
-            common = {**opts, "batch_size": args.batch_size, "pin_memory": False}
-            dm0, _ = _datamodule(args.overrides, out, num_workers=0, **common)
-            dmw, cfg = _datamodule(args.overrides, out, num_workers=args.workers, **common)
-            describe = describe or dm0.describe()
-            res["loader_0"].append(loader_rate(dm0, args.pairs))
-            res["loader_w"].append(loader_rate(dmw, args.pairs))
-            fixed = next(iter(dm0.train_dataloader()))
-            res["step"].append(step_time(net, opt, itertools.repeat(fixed), args.steps))
-            fed = _forever(dmw.train_dataloader())
-            next(fed)  # workers started
-            res["fed_step"].append(step_time(net, opt, fed, args.steps))
-            shape = tuple(fixed["low"].shape)
-            res["batch_shape"] = shape
-            print(
-                f"   loader: {res['loader_0'][-1]:.1f} pairs/s (0 workers), {res['loader_w'][-1]:.1f} pairs/s "
-                f"({args.workers} workers); step {res['step'][-1]:.3f} s alone, {res['fed_step'][-1]:.3f} s fed",
-                flush=True,
-            )
+    return recipes
+
+
+def measure_recipe(args: argparse.Namespace, out: Path, opts: dict[str, Any], net, opt, res: dict) -> Any:
+    """One round of one recipe: loader rates with 0 and N workers, the step alone and fed by the loader
+    (appended to `res`); returns the data module's description."""
+    common = {**opts, "batch_size": args.batch_size, "pin_memory": False}
+    dm0, _ = _datamodule(args.overrides, out, num_workers=0, **common)
+    dmw, _ = _datamodule(args.overrides, out, num_workers=args.workers, **common)
+    res["loader_0"].append(loader_rate(dm0, args.pairs))
+    res["loader_w"].append(loader_rate(dmw, args.pairs))
+    fixed = next(iter(dm0.train_dataloader()))
+    res["step"].append(step_time(net, opt, itertools.repeat(fixed), args.steps))
+    fed = _forever(dmw.train_dataloader())
+    next(fed)  # workers started
+    res["fed_step"].append(step_time(net, opt, fed, args.steps))
+    res["batch_shape"] = tuple(fixed["low"].shape)
+    print(
+        f"   loader: {res['loader_0'][-1]:.1f} pairs/s (0 workers), {res['loader_w'][-1]:.1f} pairs/s "
+        f"({args.workers} workers); step {res['step'][-1]:.3f} s alone, {res['fed_step'][-1]:.3f} s fed",
+        flush=True,
+    )
+    return dm0.describe()
+
+
+def summary_rows(results: dict[str, Any], batch_size: int) -> list[tuple[str, ...]]:
+    """One table row per recipe: medians over the rounds (also stored under each recipe's `median`)."""
     rows = []
     for name, res in results["recipes"].items():
         med = {k: statistics.median(v) for k, v in res.items() if isinstance(v, list)}
         res["median"] = med
-        need = args.batch_size / med["step"]
+        need = batch_size / med["step"]
         rows.append(
             (
                 name,
@@ -204,23 +201,40 @@ def run(args: argparse.Namespace) -> int:
                 f"{med['fed_step'] / med['step']:.2f}",
             )
         )
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.output_dir or tempfile.mkdtemp(prefix="bench_lowlight_"))
+    torch.manual_seed(0)
+    net = standin_generator(ngf=args.ngf)
+    n_params = sum(p.numel() for p in net.parameters())
+    opt = torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    results: dict[str, Any] = {"recipes": {}, "params": n_params, "threads": torch.get_num_threads()}
+    describe = None
+    for r in range(args.rounds):
+        for name, opts in recipes_of(args).items():
+            empty = {"loader_0": [], "loader_w": [], "step": [], "fed_step": []}
+            res = results["recipes"].setdefault(name, empty)
+            print(f"== round {r + 1}/{args.rounds}: {name}", flush=True)
+            described = measure_recipe(args, out, opts, net, opt, res)
+            describe = describe or described  # the first recipe's data
+    rows = summary_rows(results, args.batch_size)
     print(
         f"\nLow-light data loading vs a training step: data {describe['label'] if describe else '?'}; stand-in "
         f"network: CycleGAN resnet_9blocks, {n_params / 1e6:.2f}M parameters, torch threads {torch.get_num_threads()}, "
         f"medians over {args.rounds} round(s). Shared 2-core machine: timings are noisy."
     )
-    print_table(
-        rows,
-        (
-            "recipe",
-            "batch",
-            "pairs/s, 0 workers",
-            f"pairs/s, {args.workers} workers",
-            "step alone, s (pairs/s it consumes)",
-            "step fed by loader, s",
-            "fed/alone",
-        ),
+    header = (
+        "recipe",
+        "batch",
+        "pairs/s, 0 workers",
+        f"pairs/s, {args.workers} workers",
+        "step alone, s (pairs/s it consumes)",
+        "step fed by loader, s",
+        "fed/alone",
     )
+    print_table(rows, header)
     results["data"] = describe
     write_results(out / "benchmark_lowlight_data.json", results)
     print(f"results: {out / 'benchmark_lowlight_data.json'}")

@@ -101,7 +101,7 @@ def measure_infer(width: int, height: int, chunk: int | None, repeats: int) -> d
     """The released inference path (G_A, NRN with constant coordinates, mask extractor) on one image."""
     import torch
 
-    from lit_modules.nerco import inference_memory_estimate_mb, released_enhance
+    from lit_modules.nerco_release import inference_memory_estimate_mb, released_enhance
     from lit_modules.nets.cyclegan import ResnetGenerator
     from lit_modules.nets.nerco import NRN, MaskExtractor
 

@@ -3,8 +3,8 @@
 Every restoration model (NeRCo, CLS, the classical baselines) scores with this module, so their numbers are
 computed the same way and `metrics.json["protocol"]` says how (`RestorationProtocol.describe()`).
 
-Protocol (defaults; REFERENCE.md section 3):
-- images are float RGB in [0, 1] (models map their range with `lit_modules.imageops.to_unit_range`);
+Protocol (defaults; docs/references.md section 3):
+- images are float RGB in [0, 1] (models map their range with `core.imageops.to_unit_range`);
   the output is clipped to [0, 1] first (`clip`), optionally quantised to 8 bits (`quantize_8bit`, what
   scoring saved PNGs gives); the ground truth is used as loaded (8-bit PNG/JPG values / 255).
 - optional GT-mean correction (`gt_mean`, off by default): the output is multiplied by
@@ -39,7 +39,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from lit_modules.imageops import rgb_to_grey, rgb_to_y
+from core.imageops import rgb_to_grey, rgb_to_y
 
 COLOURS = ("rgb", "y")
 

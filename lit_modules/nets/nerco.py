@@ -4,7 +4,7 @@
 Glossary (paper -> released code -> here): NRN -> `PreProcess` + `mlp.NRN` -> `NRN` + `LocalImplicitHead`;
 Mask Extractor -> `ResnetExtractor` -> `MaskExtractor`; high-pass filter of the edge discriminators ->
 `sobel.tran` -> `EdgeOperator`. Facts about the released code are from `Ysz2022/NeRCo` (models/mlp.py,
-models/networks.py, models/sobel.py); see ../shared/REFERENCE.md section 1.
+models/networks.py, models/sobel.py).
 """
 
 from __future__ import annotations
@@ -235,8 +235,8 @@ class EdgeOperator(nn.Module):
     """Grey-level high-frequency map fed to the edge discriminators, 3 channels, times `scale`.
 
     kind: "central" (released: [-1, 0, 1] in x and y, magnitude sqrt(gx^2 + gy^2 + 1e-6)); "sobel" (Sobel
-    kernels / 4, so a smooth ramp gives the same magnitude as central differences); "laplacian" (seed 002
-    section 5.5's suggestion: sqrt(lap^2 + 1e-6) with the 4-neighbour Laplacian). Zero padding, as released.
+    kernels / 4, so a smooth ramp gives the same magnitude as central differences); "laplacian" (an
+    alternative high-pass filter: sqrt(lap^2 + 1e-6) with the 4-neighbour Laplacian). Zero padding, as released.
 
     rgb: "repeat" copies the grey map into 3 channels. "random_per_call" reproduces a quirk of the released
     code only (faithfulness option): `sobel.tran` builds a new `GradLayer` on every call, whose 1x1 conv
