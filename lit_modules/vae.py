@@ -1,10 +1,10 @@
-"""Variational autoencoder (Kingma & Welling 2014; seed 001) with an importance-sampled NLL (Burda et al. 2016).
+"""Variational autoencoder (Kingma & Welling 2014) with an importance-sampled NLL (Burda et al. 2016).
 
 Glossary: x -> image in [0, 1]; mu, logvar -> mean and log variance of q_phi(z|x); eps -> N(0, I) noise;
 logits -> Bernoulli logits of p_theta(x|z). All per-image quantities are in nats, summed over pixels.
 
-The likelihood is Bernoulli on *continuous* [0, 1] pixels, as in pytorch/examples and the seed: the numbers
-are comparable with that convention only, not with binarised-MNIST NLLs (REFERENCE.md section 5).
+The likelihood is Bernoulli on *continuous* [0, 1] pixels, as in pytorch/examples' VAE: the numbers
+are comparable with that convention only, not with binarised-MNIST NLLs (docs/references.md section 5).
 """
 
 from __future__ import annotations
@@ -292,7 +292,7 @@ class VAE(SuiteModule):
 
     def metric_protocol(self) -> dict[str, Any]:
         return {
-            "units": "nats per image (sum over 784 pixels), mean over test images",
+            "units": f"nats per image (sum over {math.prod(self.net.image_shape)} pixels), mean over test images",
             "likelihood": "Bernoulli on continuous [0, 1] pixels; not comparable with binarised-MNIST NLLs",
             "test/elbo": "negative ELBO: analytic KL + reconstruction term averaged over the K importance samples"
             + ("" if self.hparams.expensive_metrics else " (K=1: expensive_metrics=false)"),

@@ -1,4 +1,4 @@
-"""VAE encoders/decoders. Both return Bernoulli *logits* from `decode` (the seed's final sigmoid is applied by
+"""VAE encoders/decoders. Both return Bernoulli *logits* from `decode` (the decoder's final sigmoid is applied by
 whoever wants pixel means), because BCE on logits is numerically stable where BCE on sigmoid outputs is not."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from torch import nn
 
 
 class MLPVAE(nn.Module):
-    """Seed 001: encoder 784-512-256 (ReLU) -> fc_mu, fc_logvar (latent_dim); decoder latent-256-512-784."""
+    """The MLP VAE (docs/vae.md): encoder 784-512-256 (ReLU) -> fc_mu, fc_logvar (latent_dim); decoder latent-256-512-784."""
 
     def __init__(
         self,
