@@ -122,10 +122,6 @@ class ClassicalLowLight(RestorationModule):
         num_side_by_side: int = 4,
     ):
         super().__init__(value_range=value_range, protocol=protocol, num_side_by_side=num_side_by_side)
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(methods, DictConfig | ListConfig):
-            methods = OmegaConf.to_container(methods, resolve=True)
         if methods is None:
             methods = {name: {} for name in METHODS}
         elif isinstance(methods, list):
