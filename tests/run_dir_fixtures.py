@@ -41,6 +41,8 @@ def start(run: Path, *args: str, log: Path | None = None) -> subprocess.Popen:
         stdout=out,
         stderr=subprocess.STDOUT,
         text=True,
+        # a child inherits an ignored SIGINT (a shell's background job ignores it): restore Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     proc.log = log  # type: ignore[attr-defined]
     out.close()
