@@ -271,8 +271,6 @@ class MNISTDataModule(pl.LightningDataModule):
         super().__init__()
         if source not in SOURCES:
             raise ConfigError(f"data.source={source!r} is not one of {SOURCES}")
-        # plain tuples, not Hydra's ListConfig: checkpoints (datamodule_hyper_parameters) load with weights_only
-        image_shape, value_range = tuple(image_shape), tuple(value_range)
         self.save_hyperparameters()
         self.spec = DataSpec.from_config(image_shape, num_classes, value_range, domain)
         self.image_shape, self.num_classes = self.spec.image_shape, self.spec.num_classes

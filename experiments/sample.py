@@ -58,9 +58,6 @@ def load_generative_model(ckpt_path: str | Path) -> tuple[GenerativeModule, dict
     )
 
 
-load_diffusion_model = load_generative_model  # the older name (experiments/benchmarks/ddpm.py)
-
-
 def sampling_request(cfg: DictConfig) -> dict[str, Any]:
     """The generic keys, the `sampling:` block and the set top-level aliases, as one flat request."""
     block = cfg.get("sampling")

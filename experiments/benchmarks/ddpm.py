@@ -225,9 +225,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = compose("train", ["experiment=ddpm_mnist"], output_dir=out / "cfg")
     model = None
     if args.ckpt:
-        from experiments.sample import load_diffusion_model
+        from experiments.sample import load_generative_model
 
-        model, _ = load_diffusion_model(args.ckpt)
+        model, _ = load_generative_model(args.ckpt)
     if not args.skip_speed:
         part, ours = training_step_part(cfg, args)
         results.update(part)
