@@ -302,3 +302,30 @@ def test_inception_feature_path_fails_clearly_without_torch_fidelity():
         pass
     with pytest.raises(ModuleNotFoundError, match="fid.feature=inception needs torch-fidelity"):
         FIDProtocol(500, feature="inception").metric()
+
+
+def test_upsampling_as_one_transposed_convolution_equals_nearest_then_conv3x3():
+    """The UNet's upsampling layer computes conv3x3(nearest_x2(x)) as one stride-2 transposed convolution on x's
+    grid (fewer multiply-adds); it must be the same function, with the same gradients, odd sizes included."""
+    import torch.nn.functional as F
+
+    from lit_modules.nets.unet import Upsample, nearest_up_conv3x3
+
+    g = torch.Generator().manual_seed(0)
+    for shape in ((2, 8, 7, 7), (1, 4, 5, 6)):
+        x = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(shape[1], shape[1], 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(shape[1], generator=g, dtype=torch.float64, requires_grad=True)
+        ref = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)
+        out = nearest_up_conv3x3(x, w, b)
+        assert out.shape == ref.shape == (shape[0], shape[1], 2 * shape[2], 2 * shape[3])
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-12)
+        up = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+        grads = torch.autograd.grad((out * up).sum(), (x, w, b))
+        grads_ref = torch.autograd.grad((ref * up).sum(), (x, w, b))
+        for a, r in zip(grads, grads_ref):
+            torch.testing.assert_close(a, r, rtol=0, atol=1e-11)
+    layer = Upsample(4).double()
+    x = torch.randn(1, 4, 3, 3, generator=g, dtype=torch.float64)
+    ref = layer.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    torch.testing.assert_close(layer(x), ref, rtol=0, atol=1e-12)

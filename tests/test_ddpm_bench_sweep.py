@@ -75,5 +75,5 @@ def test_ddpm_benchmark_runs(ckpt, tmp_path, capsys):
     assert main(argv) == 0
     res = json.loads((tmp_path / "benchmark_ddpm.json").read_text())
     assert abs(res["params"]["diffusers"] - res["params"]["suite"]) / res["params"]["suite"] <= 0.10
-    assert res["train_ratio"] > 0 and res["samples_per_second"]["ddim-2"] > 0
+    assert res["train_ratio"] > 0 and res["train_ratio_bf16"] > 0 and res["samples_per_second"]["ddim-2"] > 0
     assert "training-step time ratio suite/diffusers" in capsys.readouterr().out

@@ -2,8 +2,10 @@
 
 1. Training step (forward, MSE, backward, Adam step) of the suite's UNet (`experiment=ddpm_mnist`'s model)
    and of diffusers' `UNet2DModel` configured to the same depth, channels, attention placement and GroupNorm
-   groups (parameter count within 10 %, checked), on the same batch, alternating `--rounds` times (this
-   machine's timings drift); median step time and their ratio (target <= 1.0). Needs the `bench` extra.
+   groups (parameter count within 10 %, checked), on the same batch, fp32 and under bf16 autocast (and with
+   `--compile`, the suite's under torch.compile), alternating `--rounds` times (this machine's timings drift);
+   median step times, their ratios (target <= 0.8), FLOPs per step and GFLOP/s against this CPU's matmul rate
+   measured in the same run. Needs the `bench` extra.
 2. Samples per second of ancestral-1000, DDIM-50 and DPM-Solver++(2M)-20 on `--sample-batch` images.
 3. With `--ckpt`: FID of each sampler under the suite's protocol (lit_modules/fid.py), `--fid-samples` images.
 """
@@ -46,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="sampler:steps list for the samples-per-second part",
     )
     p.add_argument("--skip-speed", action="store_true", help="skip parts 1 and 2")
+    p.add_argument(
+        "--compile", action="store_true", help="also time the suite's UNet under torch.compile (minutes to compile)"
+    )
     p.add_argument("--output-dir", default=None, help="where benchmark_ddpm.json goes (default: a temp dir)")
 
 
@@ -83,8 +88,37 @@ def _bf16_call(m: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Te
         return m(x, t).float()
 
 
+def _diffusers_bf16_call(m: torch.nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return m(x, t).sample.float()
+
+
 def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
+
+
+def matmul_peak_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
+    """This CPU's achievable matmul rate at the current thread count: the best of `repeats` n x n products."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    for _ in range(2):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best / 1e9
+
+
+def training_step_flops(net: torch.nn.Module, call: Any, batch: int, shape: tuple[int, ...]) -> int:
+    """FLOPs of one forward + backward at `batch` (torch.utils.flop_counter: convolutions, matmuls, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x, t = torch.randn(batch, *shape), torch.randint(0, 1000, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        call(net, x, t).square().mean().backward()
+    net.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
 
 
 def time_training(models: dict[str, Any], batch: int, steps: int, rounds: int) -> dict[str, list[float]]:
@@ -112,14 +146,29 @@ def time_training(models: dict[str, Any], batch: int, steps: int, rounds: int) -
     return times
 
 
-def training_step_part(cfg: Any, args: argparse.Namespace) -> tuple[dict[str, Any], torch.nn.Module]:
-    """Part 1: the suite's UNet, its diffusers twin (parameter count within 10 %, checked) and the suite's UNet
-    under bf16 autocast, alternating `--rounds` times; returns (results, the suite's fp32 UNet)."""
+def _compiled(net: torch.nn.Module) -> torch.nn.Module | None:
+    """torch.compile(net) with its first call made here (compile time printed), or None with the reason."""
+    x, t = torch.randn(2, net.in_channels, net.image_size, net.image_size), torch.zeros(2, dtype=torch.long)
+    start = time.perf_counter()
+    try:
+        compiled = torch.compile(net)
+        compiled(x, t).sum().backward()
+    except Exception as err:  # no C++ compiler, unsupported platform, ...: eager only
+        print(f"torch.compile unavailable here ({type(err).__name__}: {str(err).splitlines()[0][:120]}); skipped")
+        return None
+    net.zero_grad(set_to_none=True)
+    print(f"torch.compile: first call (compilation) {time.perf_counter() - start:.0f} s")
+    return compiled
+
+
+def _twins(cfg: Any, compile_net: bool) -> dict[str, tuple[torch.nn.Module, Any]]:
+    """The suite's UNet and diffusers' twin in fp32 and under bf16 autocast (each its own copy and optimizer),
+    and optionally the suite's UNet under torch.compile; parameter counts checked within 10 %."""
+    import copy
+
     torch.manual_seed(0)
     ours = hydra.utils.instantiate(cfg.model.net)
     theirs = diffusers_twin(ours)
-    torch.manual_seed(0)
-    ours_bf16 = hydra.utils.instantiate(cfg.model.net)  # a twin, so the fp32 model's optimizer is its own
     p_ours, p_theirs = n_params(ours), n_params(theirs)
     rel = abs(p_theirs - p_ours) / p_ours
     print(f"parameters: suite UNet {p_ours:,}, diffusers UNet2DModel {p_theirs:,} ({rel:+.1%})")
@@ -127,31 +176,63 @@ def training_step_part(cfg: Any, args: argparse.Namespace) -> tuple[dict[str, An
         raise RuntimeError(
             f"the diffusers twin has {rel:.1%} more/fewer parameters than the suite UNet (> 10 %)"
         )
-    times = time_training(
-        {
-            "suite UNet": (ours, lambda m, x, t: m(x, t)),
-            "diffusers UNet2DModel": (theirs, lambda m, x, t: m(x, t).sample),
-            "suite UNet, bf16 autocast": (ours_bf16, _bf16_call),
-        },
-        args.batch,
-        args.steps,
-        args.rounds,
-    )
+    models = {
+        "suite UNet": (ours, lambda m, x, t: m(x, t)),
+        "diffusers UNet2DModel": (theirs, lambda m, x, t: m(x, t).sample),
+        "suite UNet, bf16 autocast": (copy.deepcopy(ours), _bf16_call),
+        "diffusers UNet2DModel, bf16 autocast": (copy.deepcopy(theirs), _diffusers_bf16_call),
+    }
+    if compile_net:
+        compiled = _compiled(copy.deepcopy(ours))
+        if compiled is not None:
+            models["suite UNet, torch.compile"] = (compiled, lambda m, x, t: m(x, t))
+    return models
+
+
+def training_step_part(cfg: Any, args: argparse.Namespace) -> tuple[dict[str, Any], torch.nn.Module]:
+    """Part 1: the suite's UNet against its diffusers twin, fp32 and bf16 autocast (and torch.compile with
+    `--compile`), alternating `--rounds` times; ratios, and GFLOP/s against this CPU's measured matmul peak."""
+    models = _twins(cfg, args.compile)
+    ours, theirs = models["suite UNet"][0], models["diffusers UNet2DModel"][0]
+    shape = (ours.in_channels, ours.image_size, ours.image_size)
+    flops = {
+        side: training_step_flops(*models[name], args.batch, shape)
+        for side, name in (("suite", "suite UNet"), ("diffusers", "diffusers UNet2DModel"))
+    }
+    peak = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+    times = time_training(models, args.batch, args.steps, args.rounds)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["suite UNet"] / med["diffusers UNet2DModel"]
-    bf16_speedup = med["suite UNet"] / med["suite UNet, bf16 autocast"]
+    ratio_bf16 = med["suite UNet, bf16 autocast"] / med["diffusers UNet2DModel, bf16 autocast"]
+    rows = []
+    for name, sec in med.items():
+        side = "diffusers" if name.startswith("diffusers") else "suite"
+        gflops = flops[side] / sec / 1e9
+        precision = "bf16" if "bf16" in name else "fp32"
+        rows.append(
+            (name, f"{sec * 1000:.1f}", f"{n_params(models[name][0]):,}", f"{flops[side] / 1e9:.2f}",
+             f"{gflops:.1f}", f"{gflops / peak[precision]:.0%} of {precision} {peak[precision]:.0f}")
+        )  # fmt: skip
     print_table(
-        [(k, f"{v * 1000:.1f}", f"{n:,}") for (k, v), n in zip(med.items(), (p_ours, p_theirs, p_ours))],
-        ("model", f"ms / training step (batch {args.batch})", "parameters"),
-    )
+        rows,
+        ("model", f"ms / training step (batch {args.batch})", "parameters", "GFLOP / step", "GFLOP/s",
+         "of measured matmul peak"),
+    )  # fmt: skip
     print(
-        f"training-step time ratio suite/diffusers: {ratio:.3f} (target <= 1.0); fp32/bf16 autocast: {bf16_speedup:.2f}x"
+        f"training-step time ratio suite/diffusers: fp32 {ratio:.3f}, bf16 autocast {ratio_bf16:.3f} "
+        f"(target <= 0.8); suite fp32/bf16: {med['suite UNet'] / med['suite UNet, bf16 autocast']:.2f}x; "
+        f"{torch.get_num_threads()} threads"
     )
+    if "suite UNet, torch.compile" in med:
+        print(f"torch.compile gain: {med['suite UNet'] / med['suite UNet, torch.compile']:.2f}x over eager fp32")
     results = {
-        "params": {"suite": p_ours, "diffusers": p_theirs},
+        "params": {"suite": n_params(ours), "diffusers": n_params(theirs)},
         "train_step_s": med,
         "train_ratio": ratio,
-        "bf16_speedup": bf16_speedup,
+        "train_ratio_bf16": ratio_bf16,
+        "bf16_speedup": med["suite UNet"] / med["suite UNet, bf16 autocast"],
+        "flops_per_step": flops,
+        "matmul_peak_gflops": peak,
     }
     return results, ours
 
