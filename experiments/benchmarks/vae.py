@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import tempfile
 import time
@@ -19,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from core.files import write_atomic
 from experiments.benchmarks.common import print_table, steady_state, write_results
 from lit_modules.vae import bernoulli_log_likelihood, importance_sampled_log_likelihood, kl_standard_normal
 from runtime.config import compose
@@ -48,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--nll-samples", type=int, default=128, help="K importance samples for the shared test scoring"
+    )
+    p.add_argument(
+        "--skip-startup", action="store_true", help="skip the start-up measurement (command to first batch)"
     )
     p.add_argument(
         "--output-dir",
@@ -79,7 +85,8 @@ def plain_loop(
     overrides: list[str], epochs: int, out: Path, checkpoint: bool = False
 ) -> tuple[list[float], torch.nn.Module, object]:
     """The textbook training loop in plain PyTorch, on the suite's model and data objects. With `checkpoint`,
-    it also saves model and optimizer state every epoch (what a resumable plain loop has to do)."""
+    it also does the suite's per-epoch writes: model, optimizer and RNG states, streamed into a temporary
+    file and renamed onto last.ckpt (what a resumable plain loop has to do: equal work)."""
     cfg = compose("train", overrides, output_dir=out / "plain")
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -102,11 +109,15 @@ def plain_loop(
         model.eval()
         with torch.no_grad():
             val = [(r + k).mean().item() for r, k in (model.loss_terms(x) for x, _ in val_loader)]
-        if checkpoint:
-            torch.save(
-                {"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict()},
-                out / "plain_last.pt",
-            )
+        if checkpoint:  # what the suite's last.ckpt holds, written the way the suite writes it
+            state = {
+                "epoch": epoch,
+                "state_dict": model.state_dict(),
+                "optimizer_states": [optimizer.state_dict()],
+                "rng_states": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                               "python": random.getstate()},
+            }  # fmt: skip
+            write_atomic(out / "plain_last.ckpt", lambda f, state=state: torch.save(state, f))
         times.append(time.perf_counter() - start)
         print(
             f"plain loop: epoch {epoch + 1}/{epochs} {times[-1]:.3f} s, val -ELBO {sum(val) / len(val):.2f}",
@@ -170,23 +181,46 @@ def score_both(
 
 
 def epoch_statistics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """Steady-state epoch times (median over rounds) and the suite/plain time ratios."""
-    t = {k: statistics.median(steady_state(rd[k]) for rd in rounds) for k in ("suite", "plain", "plain_ckpt")}
-    ratios = [steady_state(rd["suite"]) / steady_state(rd["plain"]) for rd in rounds]
-    ratio_ckpt = statistics.median(
-        steady_state(rd["suite"]) / steady_state(rd["plain_ckpt"]) for rd in rounds
-    )
+    """Steady-state epoch times (median over rounds) and the suite/plain time ratios. The headline ratio is
+    against the plain loop with the suite's checkpoint writes (equal work)."""
+    keys = ("suite", "plain", "plain_ckpt")
+    t = {k: statistics.median(steady_state(rd[k]) for rd in rounds) for k in keys}
+    ratios = [steady_state(rd["suite"]) / steady_state(rd["plain_ckpt"]) for rd in rounds]
+    ratio_no_ckpt = statistics.median(steady_state(rd["suite"]) / steady_state(rd["plain"]) for rd in rounds)
     # Other processes only ever add time, so the fastest steady-state epoch of each side over all rounds is the
     # estimate least disturbed by them (timeit's rule); the median above is the conservative figure.
-    fastest = {k: min(min(rd[k][1:] or rd[k]) for rd in rounds) for k in ("suite", "plain")}
+    fastest = {k: min(min(rd[k][1:] or rd[k]) for rd in rounds) for k in keys}
     return {
         "epoch_time": t,
         "ratio": statistics.median(ratios),
         "ratios": ratios,
         "fastest_epoch": fastest,
-        "ratio_fastest": fastest["suite"] / fastest["plain"],
-        "ratio_vs_plain_with_checkpoint": ratio_ckpt,
+        "ratio_fastest": fastest["suite"] / fastest["plain_ckpt"],
+        "ratio_vs_plain_without_checkpoint": ratio_no_ckpt,
     }
+
+
+def startup_times(out: Path, experiment: str) -> dict[str, float]:
+    """Seconds from launching a command to its first training batch (`experiments.train experiment=<experiment>
+    debug=fdr`, timed by `StartupTimer`) and to the end of `python -c "import torch"`, in fresh processes."""
+    import os
+    import subprocess
+    import sys
+
+    run_dir = out / "startup"
+    cmd = [
+        sys.executable, "-m", "experiments.train", f"experiment={experiment}", "debug=fdr", "logger=none",
+        f"hydra.run.dir={run_dir}",
+        "+callbacks.startup_timer._target_=experiments.benchmarks.common.StartupTimer",
+        f"+callbacks.startup_timer.path={run_dir}/startup.json",
+    ]  # fmt: skip
+    res = subprocess.run(cmd, env={**os.environ, "SUITE_BENCH_T0": repr(time.time())}, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise RuntimeError(f"the start-up run failed:\n{res.stderr[-3000:]}")
+    first_batch = json.loads((run_dir / "startup.json").read_text())["startup_s"]
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    return {"first_batch_s": first_batch, "import_torch_s": time.perf_counter() - start}
 
 
 def print_summary(
@@ -200,29 +234,22 @@ def print_summary(
     )
     print_table(
         [
-            (
-                "suite (Lightning)",
-                f"{t['suite']:.3f}",
-                f"{suite['test_elbo']:.3f}",
-                f"{suite['test_nll']:.3f}",
-            ),
-            (
-                "plain PyTorch loop",
-                f"{t['plain']:.3f}",
-                f"{plain['test_elbo']:.3f}",
-                f"{plain['test_nll']:.3f}",
-            ),
-            ("plain loop + torch.save per epoch", f"{t['plain_ckpt']:.3f}", "(same weights)", ""),
+            ("suite (Lightning)", f"{t['suite']:.3f}", f"{suite['test_elbo']:.3f}", f"{suite['test_nll']:.3f}"),
+            ("plain loop + the suite's checkpoint per epoch", f"{t['plain_ckpt']:.3f}", "(same weights)", ""),
+            ("plain loop, no checkpoint", f"{t['plain']:.3f}", f"{plain['test_elbo']:.3f}", f"{plain['test_nll']:.3f}"),
         ],
         ("", "s / epoch", "test -ELBO (nats)", f"test NLL, K={args.nll_samples}"),
-    )
+    )  # fmt: skip
     ratios = ", ".join(f"{x:.3f}" for x in stats["ratios"])
-    print(f"time ratio suite/plain: {stats['ratio']:.3f} (per round: {ratios}; target <= 1.10)")
+    print(
+        f"time ratio suite/plain at equal work (checkpoint per epoch): {stats['ratio']:.3f} "
+        f"(per round: {ratios}; target <= 1.05)"
+    )
     print(
         f"time ratio of the fastest epochs (least disturbed by other processes): {stats['ratio_fastest']:.3f} "
-        f"({fastest['suite']:.3f} s / {fastest['plain']:.3f} s)"
+        f"({fastest['suite']:.3f} s / {fastest['plain_ckpt']:.3f} s)"
     )
-    print(f"time ratio suite/(plain + checkpoint): {stats['ratio_vs_plain_with_checkpoint']:.3f}")
+    print(f"time ratio suite/(plain loop without checkpoints): {stats['ratio_vs_plain_without_checkpoint']:.3f}")
     d_elbo = suite["test_elbo"] - plain["test_elbo"]
     print(f"-ELBO suite - plain: {d_elbo:+.3f} nats (target <= +0.5); final weights bit-identical: {same}")
 
@@ -234,6 +261,13 @@ def run(args: argparse.Namespace) -> int:
     suite_score, plain_score, same = score_both(args, common, out, plain_model, datamodule)
     stats = epoch_statistics(rounds)
     print_summary(args, stats, suite_score, plain_score, same)
+    startup = None if args.skip_startup else startup_times(out, args.experiment)
+    if startup:
+        print(
+            f"start-up: `python -m experiments.train experiment={args.experiment} debug=fdr` to its first training "
+            f"batch {startup['first_batch_s']:.2f} s; `python -c \"import torch\"` {startup['import_torch_s']:.2f} s "
+            f"({startup['first_batch_s'] / startup['import_torch_s']:.1f}x)"
+        )
     write_results(
         out / "benchmark_vae.json",
         {
@@ -243,6 +277,7 @@ def run(args: argparse.Namespace) -> int:
             "plain": plain_score,
             "delta_elbo": suite_score["test_elbo"] - plain_score["test_elbo"],
             "weights_identical": same,
+            "startup": startup,
             "epochs": args.epochs,
             "logger": args.logger,
         },
