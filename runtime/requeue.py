@@ -145,6 +145,8 @@ class SlurmRequeue(Callback):
     def on_train_batch_end(
         self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
+        if self.validation_follows(trainer, batch_idx):
+            return  # the request waits for the next batch (after validation and the epoch-end checkpoint)
         if not self._agreed(trainer):
             return
         path = self.run_dir / "checkpoints" / REQUEUE_CHECKPOINT
@@ -162,6 +164,18 @@ class SlurmRequeue(Callback):
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         _Request.fit_running = False
+
+    @staticmethod
+    def validation_follows(trainer: Any, batch_idx: int) -> bool:
+        """Whether Lightning runs validation (or ends the epoch) right after this batch. A checkpoint taken
+        there is not a clean resume point: restored from it, Lightning 2.6 does not redo that validation and
+        epoch end, and the resumed run leaves the uninterrupted one (tests/test_slurm_requeue.py,
+        last-batch-of-an-epoch). Same answer on every rank (batch_idx and the loader length are shared)."""
+        n = trainer.num_training_batches
+        if isinstance(n, int) and batch_idx + 1 >= n:
+            return True
+        every = getattr(trainer, "val_check_batch", None)
+        return isinstance(every, int) and every > 0 and (batch_idx + 1) % every == 0
 
     @staticmethod
     def _agreed(trainer: Any) -> bool:

@@ -51,8 +51,9 @@ def straight(tmp_path_factory):
 
 @pytest.mark.parametrize(
     "how",
-    [{"step": 15}, {"hook": "on_fit_start"}, {"hook": "on_train_end"}, {"step": 15, "signal": "SIGTERM"}],
-    ids=["mid-epoch", "start-up", "between-fit-and-test", "sigterm-mid-epoch"],
+    [{"step": 15}, {"step": 20}, {"hook": "on_fit_start"}, {"hook": "on_train_end"},
+     {"step": 15, "signal": "SIGTERM"}],
+    ids=["mid-epoch", "last-batch-of-an-epoch", "start-up", "between-fit-and-test", "sigterm-mid-epoch"],
 )
 def test_requeue_signal_checkpoints_and_the_restart_continues_bit_for_bit(tmp_path, straight, how):
     run = tmp_path / "run"
@@ -72,7 +73,9 @@ def test_requeue_signal_checkpoints_and_the_restart_continues_bit_for_bit(tmp_pa
     if "step" in how:  # ...but the state at the batch boundary was saved
         assert info["requeue"]["checkpoint"] == str(saved)
         ckpt = torch.load(saved, map_location="cpu", weights_only=True)
-        assert ckpt["global_step"] == 15 and ckpt["epoch"] == 1  # mid-epoch: 10 batches per epoch
+        # 10 batches per epoch: step 15 is mid-epoch 1; step 20 is its last batch, where validation follows,
+        # so the requeue waits for the first batch of epoch 2 (a checkpoint there did not resume bit-exactly)
+        assert (ckpt["global_step"], ckpt["epoch"]) == {15: (15, 1), 20: (21, 2)}[how["step"]]
         assert len(ckpt["callbacks"]["RNGStateCheckpoint"]["ranks"]) == 1
     else:
         assert info["requeue"]["checkpoint"] is None and not saved.exists()
