@@ -13,9 +13,10 @@ read or are too small for the network are skipped with a warning naming each, li
 Images that are not 8-bit RGB are converted, each with a warning saying how (`data.images.conversion_note`),
 recorded per image in enhance.json (`converted`) and listed in run_info.json.
 
-Memory: the model's own inference options (`nrn_chunk_pixels`, `inference_resize`: `set_inference_options`)
-and its estimate (`inference_memory_mb`); an image over the limit is processed in overlapping tiles when
-`tiling.enabled=true` (`core.tiling`; an approximation for NeRCo, whose instance norms see each tile alone).
+Memory and speed: the model's own inference options (`nrn_chunk_pixels`, `inference_resize`, `inference_bf16`:
+`set_inference_options`) and its estimate (`inference_memory_mb`); an image over the limit is processed in
+overlapping tiles when `tiling.enabled=true` (`core.tiling`; an approximation for NeRCo, whose instance norms
+see each tile alone).
 
 The run directory (`hydra.run.dir`, default logs/enhance/...) gets run_info.json (status, what was written
 and skipped) and enhance.json (one record per image).
@@ -54,7 +55,7 @@ from runtime.checkpoints import model_class_path, model_from_checkpoint
 from runtime.cli import entry_point
 from runtime.run import Run, log
 
-MODEL_OPTIONS = ("nrn_chunk_pixels", "inference_resize")  # enhance.yaml keys for `set_inference_options`
+MODEL_OPTIONS = ("nrn_chunk_pixels", "inference_resize", "inference_bf16")  # enhance.yaml keys for `set_inference_options`
 USAGE = (
     "usage: python -m experiments.enhance input_dir=<folder of images> output_dir=<new folder> "
     "(ckpt_path=<checkpoint> | model.official_ckpt_dir=<folder>)"

@@ -35,7 +35,7 @@ from lit_modules import nerco_eval, nerco_objectives
 from lit_modules.images import log_figure
 from lit_modules.metrics.restoration import score
 from lit_modules.nerco_eval import CHEAP_TEST_SIDE, centre_crop_batch
-from lit_modules.nerco_inference import check_min_side, enhance_any_size, nrn_chunking
+from lit_modules.nerco_inference import enhance_image
 from lit_modules.nerco_losses import ImagePool, apply_lr_factor, linear_decay_factor, load_pools, pools_state
 from lit_modules.nerco_objectives import Nets, generator_input
 from lit_modules.nerco_options import (
@@ -100,6 +100,7 @@ class NeRCo(RestorationModule):
         n_epochs_decay: int = 200,
         nrn_chunk_pixels: int | None = 16384,
         inference_resize: str = "round_to_4",
+        inference_bf16: bool = False,
         official_ckpt_dir: str | None = None,
         num_val_images: int = 4,
         save_pools_in_checkpoint: bool = False,
@@ -109,7 +110,7 @@ class NeRCo(RestorationModule):
     ):
         super().__init__(value_range=VALUE_RANGE, protocol=protocol, num_side_by_side=num_side_by_side)
         check_variant(variant)
-        check_inference_options(nrn_chunk_pixels, inference_resize)
+        check_inference_options(nrn_chunk_pixels, inference_resize, inference_bf16)
         self.save_hyperparameters(ignore=["optimizer"])
         self.automatic_optimization = False
         self.faithful = merge_options(VARIANTS[variant], faithful, "faithful")
@@ -242,10 +243,13 @@ class NeRCo(RestorationModule):
         ground truth pixel for pixel. Sizes that are not multiples of 4 are handled by `inference_resize`:
         `round_to_4` (released rule: bicubic resize to the nearest multiples of 4 and the output back) or `pad`
         (reflection padding, output cropped; `core.imageops`). The NRN's MLP runs in chunks of
-        `nrn_chunk_pixels`. Sides must be at least `MIN_SIDE` pixels (the generators' reflection padding)."""
-        check_min_side(low, MIN_SIDE)
-        with nrn_chunking(self.netPre, self.hparams.nrn_chunk_pixels):
-            return enhance_any_size(self, low, self.hparams.inference_resize)
+        `nrn_chunk_pixels`; the NRN computes its four equal ensemble terms once (`LocalImplicitHead`). With
+        `inference_bf16` the networks run under bfloat16 autocast (output float32; not the released numerics:
+        `python -m experiments.benchmark nerco` measures the difference). Sides must be at least `MIN_SIDE`
+        pixels (the generators' reflection padding)."""
+        h = self.hparams
+        bf16 = bool(h.get("inference_bf16", False))
+        return enhance_image(self, self.netPre, low, h.nrn_chunk_pixels, h.inference_resize, bf16)
 
     def inference_memory_mb(self, height: int, width: int) -> float:
         """Estimated working memory (MB) of `enhance` on one (height, width) image: `inference_memory_estimate_mb`
@@ -260,18 +264,28 @@ class NeRCo(RestorationModule):
         )
 
     def set_inference_options(
-        self, nrn_chunk_pixels: int | None = None, inference_resize: str | None = None
+        self,
+        nrn_chunk_pixels: int | None = None,
+        inference_resize: str | None = None,
+        inference_bf16: bool | None = None,
     ) -> None:
         """Replaces the inference settings given (not None), also of a model rebuilt from a checkpoint:
-        `nrn_chunk_pixels` (the NRN's MLP in bands of about this many pixels) and `inference_resize`."""
+        `nrn_chunk_pixels` (the NRN's MLP in bands of about this many pixels), `inference_resize` and
+        `inference_bf16` (bfloat16 autocast)."""
         chunk = self.hparams.nrn_chunk_pixels if nrn_chunk_pixels is None else int(nrn_chunk_pixels)
         resize = self.hparams.inference_resize if inference_resize is None else str(inference_resize)
-        check_inference_options(chunk, resize)
+        bf16 = self.hparams.get("inference_bf16", False) if inference_bf16 is None else inference_bf16
+        check_inference_options(chunk, resize, bf16)
         self.hparams.nrn_chunk_pixels, self.hparams.inference_resize = chunk, resize
+        self.hparams.inference_bf16 = bool(bf16)
 
     def inference_options(self) -> dict[str, Any]:
         """The settings `set_inference_options` takes, as they are now (for run records)."""
-        return {k: self.hparams[k] for k in ("nrn_chunk_pixels", "inference_resize")}
+        return {
+            "nrn_chunk_pixels": self.hparams.nrn_chunk_pixels,
+            "inference_resize": self.hparams.inference_resize,
+            "inference_bf16": bool(self.hparams.get("inference_bf16", False)),
+        }
 
     def forward_train(self, A: Tensor, B: Tensor) -> dict[str, Tensor | None]:
         """The released `forward` (with components switched off where configured)."""

@@ -88,9 +88,9 @@ def validation_figure(
     )
 
 
-def inference_description(expensive_metrics: bool, inference_resize: str) -> str:
+def inference_description(expensive_metrics: bool, inference_resize: str, bf16: bool = False) -> str:
     """How the test ran NeRCo, for the metrics record: full resolution or the cheap centre crops, the batch,
-    and how sizes that are not multiples of 4 were handled."""
+    how sizes that are not multiples of 4 were handled, and bfloat16 autocast when it was on."""
     where = (
         "full resolution"
         if expensive_metrics
@@ -100,6 +100,7 @@ def inference_description(expensive_metrics: bool, inference_resize: str) -> str
     return (
         where + ", batch as the DataModule gives it (eval_batch_size 1); sizes not "
         f"divisible by 4: {INFERENCE_RESIZE[inference_resize]} (inference_resize={inference_resize})"
+        + ("; networks under bfloat16 autocast (inference_bf16=true, not the released fp32)" if bf16 else "")
     )
 
 
@@ -111,7 +112,9 @@ def nerco_protocol(
     released checkpoints of `official_ckpt_dir`)."""
     return {
         "inference": inference_description(
-            hparams.get("expensive_metrics", True), hparams["inference_resize"]
+            hparams.get("expensive_metrics", True),
+            hparams["inference_resize"],
+            bool(hparams.get("inference_bf16", False)),
         ),
         "variant": hparams["variant"],
         "faithful": dict(faithful),

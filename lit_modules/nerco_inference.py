@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -36,6 +37,33 @@ def enhance_any_size(model: Callable[[Tensor], Tensor], low: Tensor, inference_r
     if out.shape[-2:] != (h, w):
         out = F.interpolate(out, (h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
     return out
+
+
+def bf16_autocast(model: Callable[[Tensor], Tensor], device: torch.device) -> Callable[[Tensor], Tensor]:
+    """`model` under bfloat16 autocast on `device` (convolutions and matrix products in bf16, reductions such
+    as the instance norms in float32, as autocast decides), its output returned as float32."""
+
+    def run(x: Tensor) -> Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return model(x).float()
+
+    return run
+
+
+def enhance_image(
+    forward: Callable[[Tensor], Tensor],
+    net_pre: nn.Module | None,
+    low: Tensor,
+    chunk_pixels: int | None,
+    inference_resize: str,
+    bf16: bool = False,
+) -> Tensor:
+    """What `NeRCo.enhance` runs (the benchmark calls it on bare networks): `forward` (multiples of 4 only) on
+    `low` of any size, the NRN's MLP in bands of `chunk_pixels`, optionally under bfloat16 autocast."""
+    check_min_side(low, MIN_SIDE)
+    net = bf16_autocast(forward, low.device) if bf16 else forward
+    with nrn_chunking(net_pre, chunk_pixels):
+        return enhance_any_size(net, low, inference_resize)
 
 
 @contextlib.contextmanager

@@ -74,8 +74,13 @@ def check_variant(variant: str) -> None:
         raise ConfigError(f"model.variant must be one of {sorted(VARIANTS)}, got {variant!r}")
 
 
-def check_inference_options(nrn_chunk_pixels: int | None, inference_resize: str) -> None:
-    """`nrn_chunk_pixels` null or positive, `inference_resize` one of INFERENCE_RESIZE (ConfigError)."""
+def check_inference_options(
+    nrn_chunk_pixels: int | None, inference_resize: str, inference_bf16: Any = False
+) -> None:
+    """`nrn_chunk_pixels` null or positive, `inference_resize` one of INFERENCE_RESIZE, `inference_bf16` a
+    boolean (ConfigError)."""
+    if not isinstance(inference_bf16, bool):
+        raise ConfigError(f"inference_bf16={inference_bf16!r}: expected true or false")
     if inference_resize not in INFERENCE_RESIZE:
         raise ConfigError(
             f"inference_resize must be one of {sorted(INFERENCE_RESIZE)}, got {inference_resize!r}"

@@ -8,7 +8,8 @@ code `Ysz2022/NeRCo`): not a Lightning module, plain functions and constants tha
   `OfficialCheckpointError`).
 - The released test path: `released_input` (a PIL image -> (1, 3, h', w') in [-1, 1], resized to the nearest
   multiples of 4 as CycleGAN's `__make_power_2` does), `released_enhance` (fake_B = G_H([x, NRN(x)] * mask(x))
-  with the NRN's constant coordinates), `released_uint8` (the released `tensor2im`: * 255, truncated).
+  with the NRN's constant coordinates, computed the suite's fast way; step for step as released:
+  `lit_modules.nerco_reference`), `released_uint8` (the released `tensor2im`: * 255, truncated).
 - Sizes: `INFERENCE_RESIZE` (how sizes that are not multiples of 4 are handled), `MIN_SIDE`, `released_size`,
   and `inference_memory_estimate_mb`, the working-memory model `experiments.enhance` holds to its limit.
 """
@@ -169,7 +170,9 @@ def released_enhance(
     g_a: nn.Module, pre: NRN, h: MaskExtractor, x: Tensor, chunk_pixels: int | None = 16384
 ) -> Tensor:
     """The released test path on one image (batch 1, H and W multiples of 4): fake_B = G_A([x, Pre(x)] *
-    mask(x)) with the NRN's constant coordinates, returned as (fake_B + 1) / 2 in [0, 1]."""
+    mask(x)) with the NRN's constant coordinates, returned as (fake_B + 1) / 2 in [0, 1]. Computed the suite's
+    way (the NRN's four equal ensemble terms once, in chunks of `chunk_pixels`); the released code's own
+    sequence of operations is `lit_modules.nerco_reference.released_literal_enhance`."""
     if x.shape[0] != 1:
         raise ValueError(f"the released test path runs batch size 1, got {x.shape[0]}")
     pre_x = pre.mlp(pre.model(x), "constant", chunk_pixels)

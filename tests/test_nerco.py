@@ -408,7 +408,7 @@ def test_released_inference_path_matches_a_direct_reimplementation(tmp_path):
 
 def test_hydra_hands_plain_containers_and_inference_options_are_checked(compose_cfg, tmp_path):
     """configs/model/nerco.yaml converts nested options (`_convert_: all`), so the hyperparameters a
-    checkpoint stores load with weights_only=True; `set_inference_options` replaces and checks the two
+    checkpoint stores load with weights_only=True; `set_inference_options` replaces and checks the three
     inference settings (what `experiments.enhance` passes)."""
     from core.errors import ConfigError
 
@@ -419,10 +419,21 @@ def test_hydra_hands_plain_containers_and_inference_options_are_checked(compose_
         assert type(m.hparams[key]) is dict, key
     torch.save(dict(m.hparams), tmp_path / "hparams.pt")
     assert torch.load(tmp_path / "hparams.pt", weights_only=True)["protocol"]["colour"] == "rgb"
-    assert m.inference_options() == {"nrn_chunk_pixels": 16384, "inference_resize": "round_to_4"}
+    assert m.inference_options() == {
+        "nrn_chunk_pixels": 16384,
+        "inference_resize": "round_to_4",
+        "inference_bf16": False,
+    }
     m.set_inference_options(nrn_chunk_pixels=400)
     m.set_inference_options(inference_resize="pad")
-    assert m.inference_options() == {"nrn_chunk_pixels": 400, "inference_resize": "pad"}
+    m.set_inference_options(inference_bf16=True)
+    assert m.inference_options() == {
+        "nrn_chunk_pixels": 400,
+        "inference_resize": "pad",
+        "inference_bf16": True,
+    }
+    with pytest.raises(ConfigError, match="inference_bf16='yes': expected true or false"):
+        m.set_inference_options(inference_bf16="yes")
     with pytest.raises(ConfigError, match=r"inference_resize must be one of \['pad', 'round_to_4'\]"):
         m.set_inference_options(inference_resize="crop")
     with pytest.raises(ConfigError, match="nrn_chunk_pixels=0: expected a positive number"):

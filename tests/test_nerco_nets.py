@@ -201,7 +201,9 @@ def small_nrn():
 def test_constant_nrn_equals_the_released_formula(small_nrn):
     x = torch.rand(1, 3, 16, 20) * 2 - 1
     with torch.no_grad():
-        torch.testing.assert_close(small_nrn(x), naive_constant_nrn(small_nrn, x), atol=1e-5, rtol=1e-5)
+        want = naive_constant_nrn(small_nrn, x)  # outputs ~100 here: float32 rounding ~1e-5 absolute
+        atol = 1e-6 * float(want.abs().max())  # the constant inputs fold into the first layer's bias
+        torch.testing.assert_close(small_nrn(x), want, atol=atol, rtol=1e-5)
 
 
 def test_liif_nrn_equals_liif_with_grid_sample(small_nrn):

@@ -65,8 +65,13 @@ class LocalImplicitHead(nn.Module):
       - "constant" (what the released code computes; its `grid_sample` lines are commented out): the query
         and the feature grids coincide, so the relative coordinate and its encoding are exactly 0, the cell is
         (2/h * h, 2/w * w) = (2, 2), and the four ensemble terms are the same prediction with weight 1/4 each.
-        The MLP runs once per pixel and the four equal terms are summed as the released code sums them.
-        Works for any batch size (the released code only runs with batch size 1).
+        Exact shortcut (the query coordinates coincide with the feature centres): the MLP runs once per pixel
+        (the released code runs it four times on identical inputs, `lit_modules.nerco_reference`) and the four
+        equal terms are summed as the released code sums them. The zero coordinate inputs drop out of the first
+        layer and the constant cell folds into its bias, so the first layer is a 3x3 convolution (64 -> 256) of
+        the features (no 612-dim input is unfolded or concatenated), the others are matrix products on
+        (256, pixels) with in-place ReLUs, and the output comes out channel-first. Same function up to float
+        rounding (~1e-7 relative). Works for any batch size (the released code only runs batch size 1).
       - "liif" (the paper's description: real relative coordinates and cells): the released formula with LIIF's
         nearest-feature sampling restored. With the output at the feature resolution, the query at pixel (i, j)
         takes the features of (i, j), (i, j+1), (i+1, j), (i+1, j+1) (clamped at the border, as LIIF's
@@ -95,9 +100,30 @@ class LocalImplicitHead(nn.Module):
         rows = h if not chunk_pixels else max(1, min(h, chunk_pixels // w))
         if coordinates not in ("constant", "liif"):
             raise ValueError(f"coordinates must be 'constant' or 'liif', got {coordinates!r}")
-        run = self._constant_rows if coordinates == "constant" else self._liif_rows
-        out = [run(padded, r0, min(h, r0 + rows), h, w) for r0 in range(0, h, rows)]
+        if coordinates == "constant":
+            folded = self._folded_layers(h, w)
+            out = [self._constant_rows(padded, r0, min(h, r0 + rows), folded) for r0 in range(0, h, rows)]
+        else:
+            out = [self._liif_rows(padded, r0, min(h, r0 + rows), h, w) for r0 in range(0, h, rows)]
         return out[0] if len(out) == 1 else torch.cat(out, dim=2)
+
+    def _folded_layers(self, h: int, w: int) -> list[tuple[Tensor, Tensor] | None]:
+        """The MLP for the constant coordinates, (weight, bias) per Linear and None per ReLU: the first layer
+        keeps its feature columns as a 3x3 convolution kernel (F.unfold's channel order c * 9 + 3 * i + j is
+        conv2d's (c, i, j)), since the coordinate inputs are exactly 0, and adds its cell columns times the
+        cell to its bias."""
+        layers: list[tuple[Tensor, Tensor] | None] = []
+        for i, m in enumerate(self.imnet.layers):
+            if isinstance(m, nn.ReLU):
+                layers.append(None)
+            elif i == 0:
+                c, n_feat = self.feat_channels, self.feat_channels * 9
+                cell = self._cell(h, w, m.weight)
+                kernel = m.weight[:, :n_feat].reshape(m.out_features, c, 3, 3)
+                layers.append((kernel, m.bias + m.weight[:, n_feat + self.coord_dim :] @ cell))
+            else:
+                layers.append((m.weight, m.bias[:, None]))
+        return layers
 
     def _cell(self, h: int, w: int, like: Tensor) -> Tensor:
         # released: cell = 2/h (float32), then rel_cell = cell * h -> (2, 2) up to float32 rounding
@@ -110,20 +136,28 @@ class LocalImplicitHead(nn.Module):
         z = F.unfold(padded[:, :, r0 : r1 + 2], 3)
         return z.view(b, c * 9, r1 - r0, wp - 2)
 
-    def _constant_rows(self, padded: Tensor, r0: int, r1: int, h: int, w: int) -> Tensor:
-        b = padded.shape[0]
-        z = self._unfold_rows(padded, r0, r1).flatten(2).transpose(1, 2)  # (B, n, 576)
-        n = z.shape[1]
-        coord = z.new_zeros(b, n, self.coord_dim)  # x_q - v = 0 and gamma(x_q) - gamma(v) = 0
-        cell = self._cell(h, w, z).expand(b, n, 2)
-        pred = self.imnet(torch.cat([z, coord, cell], dim=-1))
+    def _constant_rows(
+        self, padded: Tensor, r0: int, r1: int, layers: list[tuple[Tensor, Tensor] | None]
+    ) -> Tensor:
+        b, w = padded.shape[0], padded.shape[-1] - 2
+        kernel, bias = layers[0]
+        hidden = F.conv2d(
+            padded[:, :, r0 : r1 + 2], kernel, bias
+        )  # = unfold + the first Linear, (B, 256, r, w)
+        preds = []
+        for k in range(b):
+            y = hidden[k].view(hidden.shape[1], -1)  # (256, n), pixels along the columns
+            for layer in layers[1:]:
+                y = y.relu_() if layer is None else torch.addmm(layer[1], layer[0], y)
+            preds.append(y)
+        pred = torch.stack(preds).view(b, -1, r1 - r0, w)  # (B, 3, r, w)
         # four equal ensemble terms, each weighted area / total area with area = |0 * 0| + 1e-9
-        area = z.new_full((1,), 1e-9)
+        area = pred.new_full((1,), 1e-9)
         weight = area / torch.stack([area] * 4).sum(0)
         ret = pred * weight
         for _ in range(3):
             ret = ret + pred * weight
-        return ret.view(b, r1 - r0, w, 3).permute(0, 3, 1, 2)
+        return ret
 
     def _liif_rows(self, padded: Tensor, r0: int, r1: int, h: int, w: int) -> Tensor:
         b = padded.shape[0]
