@@ -329,3 +329,72 @@ def test_upsampling_as_one_transposed_convolution_equals_nearest_then_conv3x3():
     x = torch.randn(1, 4, 3, 3, generator=g, dtype=torch.float64)
     ref = layer.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
     torch.testing.assert_close(layer(x), ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_ema_decay_warm_up_through_torch_averaged_model(warmup):
+    """The EMA callback's average as torch's AveragedModel applies it (first update copies, then avg_fn with the
+    number averaged so far): d_n = min(decay, (1 + n) / (10 + n)) with warm-up (diffusers' EMAModel), d_n = decay
+    without. The initial weights' share after 2,000 updates is the product of the decays: ~7e-24 with warm-up,
+    0.999^1999 = 13.5 % without (what a short CPU run would sample from)."""
+    from functools import partial
+
+    from torch.optim.swa_utils import AveragedModel
+
+    from runtime.ema import EMA, ema_update
+
+    net = torch.nn.Linear(1, 1, bias=False).double()
+    avg = AveragedModel(net, avg_fn=partial(ema_update, decay=0.999, warmup=warmup), use_buffers=True)
+    assert EMA(decay=0.999, warmup=warmup)._kwargs["avg_fn"].keywords == {"decay": 0.999, "warmup": warmup}
+    n_updates = 2000
+    want, share = 0.0, 1.0
+    for n in range(n_updates):
+        value = (
+            1.0 if n == 0 else 0.0
+        )  # the initial weight 1, then 0: the average is the initial weight's share
+        with torch.no_grad():
+            net.weight.fill_(value)
+        avg.update_parameters(net)
+        if n == 0:
+            want = value
+        else:
+            d = min(0.999, (1 + n) / (10 + n)) if warmup else 0.999
+            want, share = d * want + (1 - d) * value, share * d
+    got = float(avg.module.weight)
+    assert got == pytest.approx(want, rel=1e-9) and got == pytest.approx(share, rel=1e-9)
+    if warmup:
+        assert got < 1e-5
+    else:
+        assert got == pytest.approx(0.999**1999, rel=1e-9) and got > 0.13
+
+
+def test_label_dropout_uses_the_null_class_that_guidance_samples_with():
+    """Classifier-free guidance trains the unconditional branch on the null class `num_classes` with
+    probability cond_drop_prob (Ho & Salimans 2022, Algorithm 1) and samples it with the same index (eq. 6):
+    a dropped label that went to another index, or a rate off by more than 4 standard errors, would fail."""
+    from lit_modules.ddpm import DDPM
+
+    net = UNet(
+        image_size=28,
+        base_channels=8,
+        channel_mults=(1, 2),
+        attention_resolutions=(),
+        groups=4,
+        num_classes=10,
+    )
+    model = DDPM(net, optimizer=torch.optim.Adam, cond_drop_prob=0.1, fid_num_samples=0)
+    y = torch.arange(200_000) % 10
+    dropped = model.drop_labels(y, torch.Generator().manual_seed(0))
+    changed = dropped != y
+    assert set(dropped[changed].tolist()) == {10} and torch.equal(dropped[~changed], y[~changed])
+    assert abs(float(changed.float().mean()) - 0.1) < 4 * (0.1 * 0.9 / len(y)) ** 0.5
+    calls = []
+
+    def net_fn(x, t, labels):
+        calls.append(None if labels is None else labels.tolist())
+        return torch.zeros_like(x)
+
+    model.conditioned(net_fn, torch.tensor([3, 7]), guidance_scale=2.0)(
+        torch.zeros(2, 1, 28, 28), torch.tensor([5, 5])
+    )
+    assert calls == [[3, 7, 10, 10]]  # one batched call: conditional half, then the null class
