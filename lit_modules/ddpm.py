@@ -38,7 +38,7 @@ from lit_modules.diffusion import (
     timestep_schedule,
     training_target,
 )
-from lit_modules.generative import GenerativeModule
+from lit_modules.generative import GenerativeModule, check_lr_decay
 from lit_modules.images import samples_figure as _samples_figure
 from lit_modules.sampling import PerImageNoise
 
@@ -63,6 +63,8 @@ class DDPM(GenerativeModule):
         schedule: str = "linear",
         prediction_type: str = "eps",
         warmup_steps: int = 500,
+        lr_decay_start: int | None = None,
+        lr_decay_steps: int = 0,
         cond_drop_prob: float = 0.1,
         sampler: str = "ddim",
         steps: int = 50,
@@ -83,6 +85,7 @@ class DDPM(GenerativeModule):
     ):
         super().__init__(**self.base_options(locals()))
         self.save_hyperparameters(ignore=["net", "optimizer"])
+        check_lr_decay(lr_decay_start, lr_decay_steps)
         if prediction_type not in PREDICTION_TYPES:
             raise ConfigError(
                 f"model.prediction_type={prediction_type!r} is not one of {list(PREDICTION_TYPES)}"

@@ -31,7 +31,7 @@ from torch import nn
 
 from core.errors import ConfigError
 from lit_modules.flow import SAMPLERS, TIME_SAMPLINGS, cfm_loss, interpolate, sample, sample_time, time_grid
-from lit_modules.generative import GenerativeModule
+from lit_modules.generative import GenerativeModule, check_lr_decay
 from lit_modules.sampling import ModelFn
 
 
@@ -52,6 +52,8 @@ class FlowMatching(GenerativeModule):
         logit_normal_scale: float = 1.0,
         time_embedding_scale: float = 1000.0,
         warmup_steps: int = 200,
+        lr_decay_start: int | None = None,
+        lr_decay_steps: int = 0,
         cond_drop_prob: float = 0.1,
         sampler: str = "heun",
         steps: int = 50,
@@ -70,6 +72,7 @@ class FlowMatching(GenerativeModule):
     ):
         super().__init__(**self.base_options(locals()))
         self.save_hyperparameters(ignore=["net", "optimizer"])
+        check_lr_decay(lr_decay_start, lr_decay_steps)
         if time_sampling not in TIME_SAMPLINGS:
             raise ConfigError(f"model.time_sampling={time_sampling!r} is not one of {list(TIME_SAMPLINGS)}")
         if time_sampling == "logit_normal" and not logit_normal_scale > 0:

@@ -38,6 +38,30 @@ def requested(sampling: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in sampling.items() if v is not None}
 
 
+def lr_factor(step: int, warmup_steps: int, decay_start: int | None = None, decay_steps: int = 0) -> float:
+    """The learning-rate factor at optimizer step `step` (0-based): linear warm-up min(1, (step + 1) /
+    warmup_steps) (Goyal et al. 2017), constant, then from `decay_start` a linear decay to 0 over `decay_steps`
+    steps (the "cool-down" of warmup-stable-decay schedules, Hägele et al. 2024, arXiv 2405.18392), so a
+    constant-rate run can be continued in parts and cooled down at the end."""
+    factor = min(1.0, (step + 1) / max(1, warmup_steps))
+    if decay_start is not None and step >= decay_start:
+        factor *= max(0.0, 1.0 - (step - decay_start + 1) / decay_steps)
+    return factor
+
+
+def check_lr_decay(decay_start: Any, decay_steps: Any) -> None:
+    """`model.lr_decay_start` null or a step >= 0; with it, `model.lr_decay_steps` a positive number (ConfigError)."""
+    if decay_start is None:
+        return
+    if isinstance(decay_start, bool) or not isinstance(decay_start, int) or decay_start < 0:
+        raise ConfigError(f"model.lr_decay_start={decay_start!r}: expected null or an optimizer step >= 0")
+    if isinstance(decay_steps, bool) or not isinstance(decay_steps, int) or decay_steps <= 0:
+        raise ConfigError(
+            f"model.lr_decay_steps={decay_steps!r}: expected a positive number of steps when "
+            f"model.lr_decay_start is set ({decay_start})"
+        )
+
+
 class GenerativeModule(SuiteModule):
     """Base class of the suite's image generative models.
 
@@ -121,10 +145,17 @@ class GenerativeModule(SuiteModule):
 
     # ------------------------------------------------------------------------------ training (shared)
     def configure_optimizers(self) -> dict[str, Any]:
-        """`model.optimizer` with a linear learning-rate warm-up over `warmup_steps` optimizer steps."""
+        """`model.optimizer` with the learning-rate factor `lr_factor` per optimizer step: a linear warm-up
+        over `warmup_steps`, constant, then (with `lr_decay_start` set) a linear decay to 0 over
+        `lr_decay_steps`. The factor is a function of the step only, so a run resumed with a decay set later
+        (`ckpt_path=last model.lr_decay_start=...`) decays from the step after the restored one."""
         optimizer = self.optimizer_factory(self.parameters())
-        warmup = max(1, int(self.hparams.warmup_steps))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+        h = self.hparams
+        start, length = h.get("lr_decay_start"), int(h.get("lr_decay_steps") or 0)
+        check_lr_decay(start, length)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, int(h.warmup_steps), start, length)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def drop_labels(self, y: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

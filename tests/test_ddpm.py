@@ -1,6 +1,7 @@
 """The DDPM experiments end to end (short runs), EMA weights in checkpoints and tests, the sample entry point on
 the resulting checkpoints, its bad-input errors, and the UNet's shapes and conditioning."""
 
+import functools
 import json
 
 import numpy as np
@@ -398,3 +399,42 @@ def test_label_dropout_uses_the_null_class_that_guidance_samples_with():
         torch.zeros(2, 1, 28, 28), torch.tensor([5, 5])
     )
     assert calls == [[3, 7, 10, 10]]  # one batched call: conditional half, then the null class
+
+
+def test_learning_rate_warm_up_constant_then_cool_down_and_a_resume_that_adds_it():
+    """lr_factor: warm-up (step + 1) / W, 1, then linear to 0 over the decay; the LambdaLR a checkpoint restores
+    keeps only the step, so a run resumed with `model.lr_decay_start` set decays from the restored step."""
+    from core.errors import ConfigError
+    from lit_modules.ddpm import DDPM
+    from lit_modules.generative import lr_factor
+
+    assert [lr_factor(s, 4) for s in (0, 1, 3, 100)] == [0.25, 0.5, 1.0, 1.0]
+    assert [lr_factor(s, 4, 10, 5) for s in (9, 10, 12, 14, 20)] == pytest.approx([1.0, 0.8, 0.4, 0.0, 0.0])
+
+    def build(**kw):
+        net = UNet(image_size=28, base_channels=8, channel_mults=(1, 2), attention_resolutions=(), groups=4)
+        opt = functools.partial(torch.optim.SGD, lr=0.1)
+        return DDPM(net, optimizer=opt, warmup_steps=4, fid_num_samples=0, **kw)
+
+    def lrs(model, n, states=None):
+        cfg = model.configure_optimizers()
+        opt, sched = cfg["optimizer"], cfg["lr_scheduler"]["scheduler"]
+        if states is not None:  # what Lightning restores from a checkpoint: both states, no scheduler step
+            opt.load_state_dict(states[0])
+            sched.load_state_dict(states[1])
+        out = []
+        for _ in range(n):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out, (opt.state_dict(), sched.state_dict())
+
+    constant, states = lrs(build(), 8)
+    assert constant == pytest.approx([0.025, 0.05, 0.075, 0.1, 0.1, 0.1, 0.1, 0.1])
+    # steps 8..12: step 8 runs at the rate the checkpoint's optimizer holds, the new factor from step 9 on
+    resumed, _ = lrs(build(lr_decay_start=8, lr_decay_steps=4), 5, states)
+    assert resumed == pytest.approx([0.1, 0.05, 0.025, 0.0, 0.0])
+    with pytest.raises(ConfigError, match="model.lr_decay_steps=0: expected a positive number"):
+        build(lr_decay_start=100)
+    with pytest.raises(ConfigError, match="model.lr_decay_start=-1"):
+        build(lr_decay_start=-1, lr_decay_steps=10)
