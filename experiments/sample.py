@@ -35,6 +35,7 @@ from core.errors import ConfigError
 from lit_modules.fid import fid_of_generated
 from lit_modules.generative import GENERIC_KEYS, GenerativeModule
 from lit_modules.images import samples_figure
+from lit_modules.metrics.speckle import background_speckle_pct
 from runtime.checkpoints import model_from_checkpoint
 from runtime.cli import entry_point
 from runtime.config_checks import check_config
@@ -205,6 +206,8 @@ def sample(cfg: DictConfig) -> dict[str, float]:
         log.info("Sampling %d images: %s", n, sampling)
         images, elapsed = generate_images(model, request, seeds, labels, cfg)
         metrics = {"sample/wall_time_s": elapsed, "sample/images_per_second": n / elapsed}
+        if images.shape[1] == 1:  # dark-background single-channel images (MNIST): grainy backgrounds show here
+            metrics["sample/background_speckle_pct"] = background_speckle_pct(images)
         source = f"experiment {suite['experiment']}" if suite.get("experiment") else None
         write_images(run.run_dir / "samples", images, labels, sampling, model, cfg, source)
         # sampling fields at the top level, so `experiments.report` can tell a varied switch (sampler, steps)

@@ -17,6 +17,7 @@ from core.errors import ConfigError
 from core.imageops import to_uint8
 from experiments.sample import sample, sampling_request
 from lit_modules.generative import GenerativeModule
+from lit_modules.metrics.speckle import background_speckle_pct
 from lit_modules.sampling import PerImageNoise, Sampler, check_options, guided
 from runtime.checkpoints import CheckpointMismatchError
 from runtime.config import compose
@@ -86,8 +87,26 @@ def test_sample_runs_any_generative_model_checkpoint(toy_ckpt, tmp_path):
     want = to_uint8(expected_toy([6], scale=2.0)[0]).astype(int)
     got = np.array(Image.open(out / "images" / "seed_0000006.png")).astype(int)
     assert np.abs(got.reshape(want.shape) - want).max() <= 1
-    protocol = json.loads((tmp_path / "s" / "metrics.json").read_text())["protocol"]
+    record = json.loads((tmp_path / "s" / "metrics.json").read_text())
+    protocol = record["protocol"]
     assert protocol["sampler"] == "scaled" and protocol["scale"] == 2.0 and protocol["seeds"] == "3..7"
+    speckle = background_speckle_pct(expected_toy(range(3, 8), scale=2.0))
+    assert 0 < speckle and record["sample/background_speckle_pct"] == pytest.approx(speckle, abs=1e-6)
+
+
+def test_background_speckle_counts_isolated_grey_pixels_only():
+    """A digit stroke with anti-aliased grey edges and two isolated grey specks: only the specks count."""
+    x = torch.zeros(2, 1, 10, 10)
+    x[0, 0, 2:8, 4] = 1.0  # a vertical stroke
+    x[0, 0, 2:8, 3] = 0.3  # its grey edge: next to stroke pixels, not a speck
+    x[0, 0, 0, 9] = 0.3  # a speck in the corner (border: padding is not a stroke)
+    x[1, 0, 5, 5] = 0.45  # a speck on an empty image
+    x[1, 0, 1, 1] = 0.05  # darker than grey_min: background
+    assert background_speckle_pct(x) == pytest.approx(100 * 2 / 200)
+    x[0, 0, 0, 8] = 0.9  # a stroke pixel beside the corner speck
+    assert background_speckle_pct(x) == pytest.approx(100 * 1 / 200)
+    with pytest.raises(ValueError, match="single-channel"):
+        background_speckle_pct(torch.zeros(1, 3, 4, 4))
 
 
 def test_unknown_sampling_key_is_refused_naming_it(toy_ckpt, tmp_path):
