@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import shutil
@@ -13,6 +14,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ RNG states
@@ -163,6 +166,41 @@ class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
         self.link_last = link_last
         self._last_written_step: int | None = None
         self._link_source: str | None = None
+
+    # -- a moved or copied run directory resumes into its own last.ckpt
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Lightning restores its bookkeeping only when the checkpoint's `dirpath` is this one; for a run
+        directory that was moved or copied (scratch -> project space, a fork of a run) it forgets
+        `last_model_path`, finds `last.ckpt` "taken" and writes `last-v1.ckpt`, so the next `ckpt_path=last`
+        would resume from the stale `last.ckpt`. Here paths in the old directory are rebased onto this one
+        (same file names) and the state is restored as if the directory had never moved."""
+        old = state_dict.get("dirpath")
+        if old is None or self.dirpath is None or os.path.abspath(old) == os.path.abspath(self.dirpath):
+            super().load_state_dict(state_dict)
+            return
+
+        def rebase(path: Any) -> Any:
+            if (
+                isinstance(path, str)
+                and path
+                and os.path.dirname(os.path.abspath(path)) == os.path.abspath(old)
+            ):
+                return os.path.join(self.dirpath, os.path.basename(path))
+            return path
+
+        moved = dict(state_dict, dirpath=self.dirpath)
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            if key in moved:
+                moved[key] = rebase(moved[key])
+        if "best_k_models" in moved:
+            moved["best_k_models"] = {rebase(k): v for k, v in moved["best_k_models"].items()}
+        log.info(
+            "checkpoints: the run directory moved (%s -> %s); resuming into %s",
+            old,
+            self.dirpath,
+            self.dirpath,
+        )
+        super().load_state_dict(moved)
 
     # -- always keep last.ckpt current
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -170,3 +170,34 @@ def test_trainer_config_uses_the_streaming_checkpoint_writer(compose_cfg, tmp_pa
     cfg = compose_cfg("train", ["experiment=vae_mnist", "logger=none"], run_dir=tmp_path)
     trainer = hydra.utils.instantiate(cfg.trainer)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+@pytest.mark.parametrize("how", ["moved", "copied"])
+@pytest.mark.parametrize("cls", [ModelCheckpoint, StockModelCheckpoint])
+def test_a_moved_or_copied_run_directory_resumes_into_its_own_last_ckpt(cls, how, tmp_path):
+    """Lightning forgets its bookkeeping when the checkpoint's dirpath differs: the stock callback then writes
+    last-v1.ckpt beside the stale last.ckpt, which the next `ckpt_path=last` would resume from."""
+    import shutil
+
+    old, new = tmp_path / "scratch" / "checkpoints", tmp_path / "project" / "checkpoints"
+
+    def callback(d):
+        return cls(dirpath=d, filename="best", monitor="val/loss", mode="min", save_top_k=1, save_last=True)
+
+    fit(ScriptedValLoss([3.0, 2.0, 1.0, 0.5]), callback(old), epochs=2)
+    (shutil.move if how == "moved" else shutil.copytree)(str(old.parent), str(new.parent))
+    model = ScriptedValLoss([3.0, 2.0, 1.0, 0.5])
+    trainer = pl.Trainer(
+        max_epochs=4, callbacks=[callback(new)], logger=False, enable_progress_bar=False,
+        enable_model_summary=False, limit_train_batches=2, limit_val_batches=1, num_sanity_val_steps=0,
+        accelerator="cpu",
+    )  # fmt: skip
+    trainer.fit(model, ckpt_path=str(new / "last.ckpt"))
+    names = sorted(p.name for p in new.iterdir())
+    if cls is StockModelCheckpoint:  # the upstream behaviour this override exists for
+        assert "last-v1.ckpt" in names and epoch_of(new / "last.ckpt") == 1
+    else:
+        assert names == ["best.ckpt", "last.ckpt"] and epoch_of(new / "last.ckpt") == 3
+        assert epoch_of(new / "best.ckpt") == 3 and trainer.checkpoint_callback.best_model_path == str(
+            new / "best.ckpt"
+        )
