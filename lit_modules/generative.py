@@ -151,8 +151,7 @@ class GenerativeModule(SuiteModule):
         (`ckpt_path=last model.lr_decay_start=...`) decays from the step after the restored one."""
         optimizer = self.optimizer_factory(self.parameters())
         h = self.hparams
-        start, length = h.get("lr_decay_start"), int(h.get("lr_decay_steps") or 0)
-        check_lr_decay(start, length)
+        start, length = h.get("lr_decay_start"), int(h.get("lr_decay_steps") or 0)  # checked in __init__
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, int(h.warmup_steps), start, length)
         )

@@ -224,20 +224,25 @@ def test_unet_shapes(size, mults):
     assert net(x, torch.tensor([0, 999])).shape == x.shape
 
 
+def tiny_unet(num_classes: int | None = None) -> UNet:
+    """The smallest UNet the unit tests build: 28x28, 8 base channels, two levels, no attention."""
+    return UNet(
+        image_size=28,
+        base_channels=8,
+        channel_mults=(1, 2),
+        attention_resolutions=(),
+        groups=4,
+        num_classes=num_classes,
+    )
+
+
 def test_unet_rejects_bad_layouts_and_handles_the_null_class():
     with pytest.raises(ValueError, match="image_size=28 is not divisible by 2\\^3"):
         UNet(image_size=28, channel_mults=(1, 2, 2, 2))
     with pytest.raises(ValueError, match=r"attention_resolutions \[16\] are not feature-map sizes"):
         UNet(image_size=28, attention_resolutions=(16,))
     torch.manual_seed(0)
-    net = UNet(
-        image_size=28,
-        base_channels=8,
-        channel_mults=(1, 2),
-        attention_resolutions=(),
-        groups=4,
-        num_classes=10,
-    )
+    net = tiny_unet(num_classes=10)
     for p in net.parameters():  # make the zero-initialised output layers non-trivial
         torch.nn.init.normal_(p, std=0.05)
     net.eval()  # no dropout
@@ -245,9 +250,7 @@ def test_unet_rejects_bad_layouts_and_handles_the_null_class():
     null = net(x, t, torch.tensor([10, 10]))
     assert torch.equal(net(x, t), null) and not torch.allclose(net(x, t, torch.tensor([3, 3])), null)
     with pytest.raises(ValueError, match="class labels given to an unconditional network"):
-        UNet(image_size=28, base_channels=8, channel_mults=(1, 2), attention_resolutions=(), groups=4)(
-            x, t, torch.tensor([1, 2])
-        )
+        tiny_unet()(x, t, torch.tensor([1, 2]))
 
 
 @pytest.mark.slow
@@ -281,7 +284,7 @@ def test_every_training_target_trains_and_samples(prediction_type):
     from lit_modules.ddpm import DDPM
 
     torch.manual_seed(0)
-    net = UNet(image_size=28, base_channels=8, channel_mults=(1, 2), attention_resolutions=(), groups=4)
+    net = tiny_unet()
     model = DDPM(net, optimizer=torch.optim.Adam, prediction_type=prediction_type, fid_num_samples=0)
     x = torch.rand(4, 1, 28, 28)
     loss = model.per_image_loss(x, torch.zeros(4, dtype=torch.long))
@@ -375,14 +378,7 @@ def test_label_dropout_uses_the_null_class_that_guidance_samples_with():
     a dropped label that went to another index, or a rate off by more than 4 standard errors, would fail."""
     from lit_modules.ddpm import DDPM
 
-    net = UNet(
-        image_size=28,
-        base_channels=8,
-        channel_mults=(1, 2),
-        attention_resolutions=(),
-        groups=4,
-        num_classes=10,
-    )
+    net = tiny_unet(num_classes=10)
     model = DDPM(net, optimizer=torch.optim.Adam, cond_drop_prob=0.1, fid_num_samples=0)
     y = torch.arange(200_000) % 10
     dropped = model.drop_labels(y, torch.Generator().manual_seed(0))
@@ -412,7 +408,7 @@ def test_learning_rate_warm_up_constant_then_cool_down_and_a_resume_that_adds_it
     assert [lr_factor(s, 4, 10, 5) for s in (9, 10, 12, 14, 20)] == pytest.approx([1.0, 0.8, 0.4, 0.0, 0.0])
 
     def build(**kw):
-        net = UNet(image_size=28, base_channels=8, channel_mults=(1, 2), attention_resolutions=(), groups=4)
+        net = tiny_unet()
         opt = functools.partial(torch.optim.SGD, lr=0.1)
         return DDPM(net, optimizer=opt, warmup_steps=4, fid_num_samples=0, **kw)
 
