@@ -195,10 +195,7 @@ class ModelCheckpoint(pl.callbacks.ModelCheckpoint):
         if "best_k_models" in moved:
             moved["best_k_models"] = {rebase(k): v for k, v in moved["best_k_models"].items()}
         log.info(
-            "checkpoints: the run directory moved (%s -> %s); resuming into %s",
-            old,
-            self.dirpath,
-            self.dirpath,
+            "checkpoints: the run directory moved (%s -> %s); resuming into the new one", old, self.dirpath
         )
         super().load_state_dict(moved)
 

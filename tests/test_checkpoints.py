@@ -4,6 +4,7 @@ does not: these tests fail with it), and an improving epoch writes the state onc
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import pytorch_lightning as pl
@@ -177,8 +178,6 @@ def test_trainer_config_uses_the_streaming_checkpoint_writer(compose_cfg, tmp_pa
 def test_a_moved_or_copied_run_directory_resumes_into_its_own_last_ckpt(cls, how, tmp_path):
     """Lightning forgets its bookkeeping when the checkpoint's dirpath differs: the stock callback then writes
     last-v1.ckpt beside the stale last.ckpt, which the next `ckpt_path=last` would resume from."""
-    import shutil
-
     old, new = tmp_path / "scratch" / "checkpoints", tmp_path / "project" / "checkpoints"
 
     def callback(d):
