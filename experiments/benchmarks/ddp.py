@@ -29,9 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _launch(out: Path, name: str, overrides: list[str]) -> dict[str, float]:
     run_dir = out / name
     timers = [
-        "+callbacks.epoch_timer._target_=experiments.benchmarks.common.EpochTimer",
+        "+callbacks.epoch_timer._target_=experiments.benchmarks.timers.EpochTimer",
         f"+callbacks.epoch_timer.path={run_dir}/epochs.json",
-        "+callbacks.startup_timer._target_=experiments.benchmarks.common.StartupTimer",
+        "+callbacks.startup_timer._target_=experiments.benchmarks.timers.StartupTimer",
         f"+callbacks.startup_timer.path={run_dir}/startup.json",
     ]
     cmd = [

@@ -139,7 +139,7 @@ def timed_rounds(
         *common,
         f"logger={args.logger}",
         "test=false",
-        "+callbacks.epoch_timer._target_=experiments.benchmarks.common.EpochTimer",
+        "+callbacks.epoch_timer._target_=experiments.benchmarks.timers.EpochTimer",
         f"+callbacks.epoch_timer.path={timer_file}",
     ]
     rounds = []
@@ -211,7 +211,7 @@ def startup_times(out: Path, experiment: str) -> dict[str, float]:
     cmd = [
         sys.executable, "-m", "experiments.train", f"experiment={experiment}", "debug=fdr", "logger=none",
         f"hydra.run.dir={run_dir}",
-        "+callbacks.startup_timer._target_=experiments.benchmarks.common.StartupTimer",
+        "+callbacks.startup_timer._target_=experiments.benchmarks.timers.StartupTimer",
         f"+callbacks.startup_timer.path={run_dir}/startup.json",
     ]  # fmt: skip
     res = subprocess.run(cmd, env={**os.environ, "SUITE_BENCH_T0": repr(time.time())}, capture_output=True, text=True)
