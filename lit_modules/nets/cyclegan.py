@@ -9,8 +9,11 @@ parameters and convs with biases (the released `use_bias = norm is InstanceNorm2
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn import init
+
+from lit_modules.nets.norms import InstanceNorm2d
 
 
 def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
@@ -24,7 +27,8 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
 
 
 def _norm(channels: int) -> nn.InstanceNorm2d:
-    return nn.InstanceNorm2d(channels, affine=False, track_running_stats=False)
+    """Every norm here follows a convolution: in place on its output at inference (`nets.norms`)."""
+    return InstanceNorm2d(channels, affine=False, track_running_stats=False, inplace=True)
 
 
 class ResnetBlock(nn.Module):
@@ -43,7 +47,9 @@ class ResnetBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv_block(x)
+        if torch.is_grad_enabled():
+            return x + self.conv_block(x)
+        return self.conv_block(x).add_(x)  # inference: into the block's own fresh output, no new buffer
 
 
 def resnet_trunk(in_channels: int, ngf: int = 64, n_blocks: int = 9) -> list[nn.Module]:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_modules.nets.cyclegan import ResnetBlock, init_weights, resnet_trunk
+from lit_modules.nets.norms import InstanceNorm2d
 
 PE_LEVELS = (
     8  # L of the positional encoding: 2 coordinates x (sin, cos) x L = 32 dims, + the 2 raw coordinates
@@ -96,14 +97,14 @@ class LocalImplicitHead(nn.Module):
         self, feat: Tensor, coordinates: CoordinateMode = "constant", chunk_pixels: int | None = None
     ) -> Tensor:
         b, c, h, w = feat.shape
-        padded = F.pad(feat, (1, 1, 1, 1))  # F.unfold(feat, 3, padding=1) pads with zeros
         rows = h if not chunk_pixels else max(1, min(h, chunk_pixels // w))
         if coordinates not in ("constant", "liif"):
             raise ValueError(f"coordinates must be 'constant' or 'liif', got {coordinates!r}")
         if coordinates == "constant":
             folded = self._folded_layers(h, w)
-            out = [self._constant_rows(padded, r0, min(h, r0 + rows), folded) for r0 in range(0, h, rows)]
+            out = [self._constant_rows(feat, r0, min(h, r0 + rows), folded) for r0 in range(0, h, rows)]
         else:
+            padded = F.pad(feat, (1, 1, 1, 1))  # F.unfold(feat, 3, padding=1) pads with zeros
             out = [self._liif_rows(padded, r0, min(h, r0 + rows), h, w) for r0 in range(0, h, rows)]
         return out[0] if len(out) == 1 else torch.cat(out, dim=2)
 
@@ -137,13 +138,14 @@ class LocalImplicitHead(nn.Module):
         return z.view(b, c * 9, r1 - r0, wp - 2)
 
     def _constant_rows(
-        self, padded: Tensor, r0: int, r1: int, layers: list[tuple[Tensor, Tensor] | None]
+        self, feat: Tensor, r0: int, r1: int, layers: list[tuple[Tensor, Tensor] | None]
     ) -> Tensor:
-        b, w = padded.shape[0], padded.shape[-1] - 2
+        b, h, w = feat.shape[0], feat.shape[2], feat.shape[3]
         kernel, bias = layers[0]
-        hidden = F.conv2d(
-            padded[:, :, r0 : r1 + 2], kernel, bias
-        )  # = unfold + the first Linear, (B, 256, r, w)
+        # rows r0-1..r1 of the zero-padded features, padded per band (no padded copy of the whole image)
+        top, bottom = int(r0 == 0), int(r1 == h)
+        band = F.pad(feat[:, :, r0 - 1 + top : r1 + 1 - bottom], (1, 1, top, bottom))
+        hidden = F.conv2d(band, kernel, bias)  # = unfold + the first Linear, (B, 256, r, w)
         preds = []
         for k in range(b):
             y = hidden[k].view(hidden.shape[1], -1)  # (256, n), pixels along the columns
@@ -238,7 +240,7 @@ class MaskExtractor(nn.Module):
         layers: list[nn.Module] = [
             nn.ReflectionPad2d(3),
             nn.Conv2d(in_channels, ngf, kernel_size=7, padding=0, bias=True),
-            nn.InstanceNorm2d(ngf, affine=False),
+            InstanceNorm2d(ngf, affine=False, inplace=True),
             nn.ReLU(True),
         ]
         layers += [ResnetBlock(ngf) for _ in range(n_blocks)]
@@ -253,11 +255,17 @@ class MaskExtractor(nn.Module):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         f = self.model(x)
+        return torch.tanh(self.output(f)), self._mask(f)
+
+    def mask(self, x: Tensor) -> Tensor:
+        """The mask alone (what G_H's input needs), without H's 7x7 output convolution."""
+        return self._mask(self.model(x))
+
+    def _mask(self, f: Tensor) -> Tensor:
         pooled = torch.cat([f.mean(dim=(2, 3), keepdim=True), f.amax(dim=(2, 3), keepdim=True)], dim=1)
         g = self.conv_ca(self.fc2(F.relu(self.fc1(pooled)))) * f
         spatial = torch.cat([g.mean(dim=1, keepdim=True), g.amax(dim=1, keepdim=True)], dim=1)
-        mask = torch.sigmoid(self.conv1(spatial))
-        return torch.tanh(self.output(f)), mask
+        return torch.sigmoid(self.conv1(spatial))
 
 
 # --------------------------------------------------------------------------------------------- edges
