@@ -242,6 +242,8 @@ def enhance(cfg: DictConfig) -> dict[str, Any]:
     run = Run(cfg, "enhance")
     try:
         model.to(device).eval()
+        if callable(getattr(model, "for_inference", None)):
+            model.for_inference()  # NeRCo: channels-last weights and images (nerco_inference)
         written = run_plan(model, plan, device, cfg)
         memory = None if limit is None else round(limit)
         summary = summarise(model, plan, written, weights=weights, device=str(device), memory_limit_mb=memory)

@@ -27,6 +27,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule = hydra.utils.instantiate(cfg.data)
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = hydra.utils.instantiate(cfg.model)
+    if callable(getattr(model, "for_inference", None)):
+        model.for_inference()  # NeRCo: channels-last weights and images; the checkpoint loads into them
     ckpt_path = cfg.get("ckpt_path")
     record = None
     if ckpt_path:

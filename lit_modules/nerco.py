@@ -35,7 +35,7 @@ from lit_modules import nerco_eval, nerco_objectives
 from lit_modules.images import log_figure
 from lit_modules.metrics.restoration import score
 from lit_modules.nerco_eval import CHEAP_TEST_SIDE, centre_crop_batch
-from lit_modules.nerco_inference import enhance_image
+from lit_modules.nerco_inference import channels_last_networks, enhance_image
 from lit_modules.nerco_losses import ImagePool, apply_lr_factor, linear_decay_factor, load_pools, pools_state
 from lit_modules.nerco_objectives import Nets, generator_input
 from lit_modules.nerco_options import (
@@ -129,6 +129,7 @@ class NeRCo(RestorationModule):
         self._val_captions: list[str | None] | None = None
         self._val_names: list[str] | None = None
         self._warned_batch = False
+        self._channels_last = False  # for_inference(): enhance on channels-last images (CPU)
         self.official_weights: dict[str, str] | None = None
         if official_ckpt_dir:
             self.official_weights = self.load_official_weights(official_ckpt_dir)
@@ -233,8 +234,10 @@ class NeRCo(RestorationModule):
     # ------------------------------------------------------------------------------------------ forward
     def forward(self, low: Tensor) -> Tensor:
         """fake_B = G_H([A, NRN(A)] * mask(A)) in [-1, 1]; H and W must be multiples of 4."""
+        # the mask extractor first: its full-resolution blocks set the memory peak, and run first they do not
+        # stack on what the NRN leaves in the allocator (same outputs in either order)
+        mask = self.netH.mask(low) if self.netH is not None else None
         pre = self.netPre(low) if self.netPre is not None else None
-        mask = self.netH(low)[1] if self.netH is not None else None
         return self.netG_A(generator_input(low, pre, mask))
 
     @torch.no_grad()
@@ -249,7 +252,17 @@ class NeRCo(RestorationModule):
         pixels (the generators' reflection padding)."""
         h = self.hparams
         bf16 = bool(h.get("inference_bf16", False))
-        return enhance_image(self, self.netPre, low, h.nrn_chunk_pixels, h.inference_resize, bf16)
+        return enhance_image(
+            self, self.netPre, low, h.nrn_chunk_pixels, h.inference_resize, bf16, self._channels_last
+        )
+
+    def for_inference(self) -> NeRCo:
+        """For processes that only run inference (`experiments.enhance`, `experiments.evaluate`): the networks
+        `enhance` runs hold channels-last weights and, on a CPU, `enhance` feeds them channels-last images
+        (`nerco_inference.channels_last_networks`; same function up to float rounding, ~1.3x faster here)."""
+        channels_last_networks(self.netPre, self.netH, self.netG_A)
+        self._channels_last = True
+        return self
 
     def inference_memory_mb(self, height: int, width: int) -> float:
         """Estimated working memory (MB) of `enhance` on one (height, width) image: `inference_memory_estimate_mb`

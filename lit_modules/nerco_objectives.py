@@ -67,9 +67,12 @@ class Nets:
 
 
 def generator_input(x: Tensor, pre: Tensor | None, mask: Tensor | None) -> Tensor:
-    """G_H's input [x, NRN(x)] * mask ([x, x] without the NRN, no product without the mask extractor)."""
+    """G_H's input [x, NRN(x)] * mask ([x, x] without the NRN, no product without the mask extractor), in x's
+    memory format (a channels-last x keeps G_H on the channels-last path `enhance` runs)."""
     inp = torch.cat([x, pre if pre is not None else x], dim=1)
-    return inp * mask if mask is not None else inp
+    inp = inp * mask if mask is not None else inp
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    return inp.contiguous(memory_format=torch.channels_last) if channels_last else inp
 
 
 def released_forward(nets: Nets, A: Tensor, B: Tensor, c: Mapping[str, bool]) -> dict[str, Tensor | None]:

@@ -161,7 +161,8 @@ def released_input(image: Any) -> Tensor:
     th, tw = released_size(h, w)
     if (th, tw) != (h, w):
         image = image.resize((tw, th), Image.BICUBIC)
-    arr = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float().div(255)
+    arr = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+    arr = arr.float().div(255)  # channel-first in memory, as ToTensor returns it
     return ((arr - 0.5) / 0.5)[None]
 
 
@@ -176,7 +177,7 @@ def released_enhance(
     if x.shape[0] != 1:
         raise ValueError(f"the released test path runs batch size 1, got {x.shape[0]}")
     pre_x = pre.mlp(pre.model(x), "constant", chunk_pixels)
-    fake_b = g_a(torch.cat([x, pre_x], 1) * h(x)[1])
+    fake_b = g_a(torch.cat([x, pre_x], 1) * h.mask(x))
     return (fake_b + 1) / 2
 
 

@@ -145,6 +145,7 @@ def test_benchmark_inference_runs_end_to_end(tmp_path, capsys):
         "released",
         "suite",
         "suite_bf16",
+        "suite_nchw",
         "suite_chunk0",
         "released_threads1",
         "suite_threads1",
@@ -153,6 +154,8 @@ def test_benchmark_inference_runs_end_to_end(tmp_path, capsys):
     assert rows["suite_threads1"]["threads"] == 1 and rows["released_threads1"]["max_diff"] <= 1
     assert rows["released"]["time_ratio"] == 1.0 and rows["released"]["max_diff"] == 0
     assert rows["suite"]["max_diff"] <= 1 and rows["suite_chunk0"]["max_diff"] <= 1
+    assert rows["suite_nchw"]["max_diff"] <= 1 and "channels_last=False" in rows["suite_nchw"]["what"]
+    assert "channels_last=True" in rows["suite"]["what"]
     assert rows["suite_bf16"]["max_diff"] > 0  # measured, not assumed
     for r in (rows["suite"], rows["suite_bf16"]):
         assert r["time_ratio"] > 0 and r["peak_ratio"] > 0 and r["working_memory_mb"] >= 0

@@ -11,8 +11,10 @@ Inference, one table per size, rows on the same seeded random weights and the sa
 - `released test.py forward`: the same plus what the released `forward()` also computes at test time and
   discards (G_L twice, a second NRN, rec_B): what `test.py` costs;
 - `suite defaults`: `NeRCo.enhance`'s code (`nerco_inference.enhance_image`) with the module's default
-  settings (the NRN's exact single-term path, its default chunking, fp32), under `torch.inference_mode`;
-- `suite defaults + bf16 autocast`, the suite with other `--chunks`, and the released and suite-default
+  settings (the NRN's exact single-term path, its default chunking, fp32), under `torch.inference_mode`, as
+  `experiments.enhance` runs it (`NeRCo.for_inference`: channels-last weights and images);
+- `suite defaults + bf16 autocast`, `suite defaults, channel-first` (the same without `for_inference`, as
+  validation during training runs it), the suite with other `--chunks`, and the released and suite-default
   paths under `torch.set_num_threads(t)` for each `--threads t` (a machine setting, not a suite default);
 - then a torch.profiler breakdown of one suite-default pass (per network stage, top operators).
 Columns: wall time, peak resident set and working memory (peak minus the resident size before the work),
@@ -130,6 +132,7 @@ def infer_rows(
         {"key": "suite", "label": f"suite defaults (1 term, chunk {default_chunk}, fp32)", "chunk": None}
     )
     rows.append({"key": "suite_bf16", "label": "suite defaults + bf16 autocast", "chunk": None, "bf16": True})
+    rows.append({"key": "suite_nchw", "label": "suite defaults, channel-first (no for_inference)", "chunk": None})
     for c in chunks:
         if (c or None) != default_chunk:
             label = "suite, NRN in one pass" if not c else f"suite, chunk {c}"
@@ -180,7 +183,7 @@ def measure_infer(
     if threads > 0:
         torch.set_num_threads(threads)
 
-    from lit_modules.nerco_inference import enhance_image
+    from lit_modules.nerco_inference import channels_last_networks, enhance_image
     from lit_modules.nerco_objectives import generator_input
     from lit_modules.nerco_reference import released_literal_enhance
     from lit_modules.nerco_release import inference_memory_estimate_mb, released_uint8
@@ -192,15 +195,21 @@ def measure_infer(
     g_b = ResnetGenerator(3).eval() if key == "released_full" else None  # not loaded at test time: random
     x = infer_input(width, height)
     if key.startswith("suite"):
+        channels_last = key != "suite_nchw"
+        if channels_last:  # as experiments.enhance prepares NeRCo (NeRCo.for_inference)
+            channels_last_networks(g_a, pre, h)
 
-        def forward(t: torch.Tensor) -> torch.Tensor:  # NeRCo.forward on these networks
-            return g_a(generator_input(t, pre(t), h(t)[1]))
+        def forward(t: torch.Tensor) -> torch.Tensor:  # NeRCo.forward on these networks, in its order
+            mask = h.mask(t)
+            return g_a(generator_input(t, pre(t), mask))
 
         def work() -> torch.Tensor:
             with torch.inference_mode():  # as experiments.enhance runs NeRCo.enhance
-                return (enhance_image(forward, pre, x, chunk, resize, bf16) + 1) / 2
+                return (enhance_image(forward, pre, x, chunk, resize, bf16, channels_last) + 1) / 2
 
-        what = f"NeRCo.enhance code, nrn_chunk_pixels={chunk}, inference_bf16={bf16}"
+        what = (
+            f"NeRCo.enhance code, nrn_chunk_pixels={chunk}, inference_bf16={bf16}, channels_last={channels_last}"
+        )
     else:
         chunk = None
         real_b = torch.flip(x, dims=[-1])  # the released forward's testB image (unused by fake_B)
@@ -243,29 +252,31 @@ def profile_suite(width: int, height: int, chunk: int | None, resize: str) -> di
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from lit_modules.nerco_inference import enhance_image
+    from lit_modules.nerco_inference import channels_last_networks, enhance_image
     from lit_modules.nerco_objectives import generator_input
     from lit_modules.nets.cyclegan import ResnetGenerator
     from lit_modules.nets.nerco import NRN, MaskExtractor
 
     torch.manual_seed(INFER_SEED)
     g_a, pre, h = ResnetGenerator(6).eval(), NRN().eval(), MaskExtractor().eval()
+    channels_last_networks(g_a, pre, h)
     x = infer_input(width, height)
     stages = ("NRN trunk", "NRN head (1 term)", "mask extractor", "G_H")
 
     def forward(t: torch.Tensor) -> torch.Tensor:
+        with record_function(stages[2]):
+            mask = h.mask(t)
         with record_function(stages[0]):
             feat = pre.model(t)
         with record_function(stages[1]):
             pre_x = pre.mlp(feat, pre.coordinates, pre.chunk_pixels)
-        with record_function(stages[2]):
-            mask = h(t)[1]
+            del feat
         with record_function(stages[3]):
             return g_a(generator_input(t, pre_x, mask))
 
     t0 = time.perf_counter()
     with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        enhance_image(forward, pre, x, chunk, resize)
+        enhance_image(forward, pre, x, chunk, resize, channels_last=True)
     total = time.perf_counter() - t0
     events = prof.key_averages()
     by_stage = {e.key: e.cpu_time_total / 1e6 for e in events if e.key in stages}
