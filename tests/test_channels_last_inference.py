@@ -127,6 +127,7 @@ def test_for_inference_enhance_agrees_with_the_released_step_and_runs_channels_l
         want = released_uint8(released_literal_enhance(m.netG_A, m.netPre, m.netH, x))
         plain = m.enhance(x)
         m.for_inference()  # inside inference mode, as experiments.enhance may call it
+        assert not m.netG_A.model[1].weight.is_contiguous(memory_format=CL)  # converted at the first CPU call
         fast = m.enhance(x)
     hook.remove()
     assert seen == [False, False, True]  # the released step, plain enhance, then channels-last
