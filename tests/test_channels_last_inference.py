@@ -1,6 +1,7 @@
 """NeRCo's channels-last inference (`NeRCo.for_inference`, `lit_modules.nets.norms`): the instance norm's
 channels-last path against a float64 reference and torch's, in place where built so, torch's path wherever
-autograd or channel-first data is involved; the mask without H; the in-place residual add; `enhance` on
+autograd or channel-first data is involved; the mask without H; banded reflection-padded convolutions and the
+in-place residual add; `enhance` on
 channels-last networks against the released step and the channel-first path; the benchmark's inference
 processes free of Lightning."""
 
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 from lit_modules.nerco import NeRCo
 from lit_modules.nerco_reference import released_literal_enhance
 from lit_modules.nerco_release import released_uint8
-from lit_modules.nets.cyclegan import ResnetBlock
+from lit_modules.nets.cyclegan import BAND_PIXELS, ResnetBlock, padded_conv_rows
 from lit_modules.nets.nerco import MaskExtractor
 from lit_modules.nets.norms import InstanceNorm2d, channel_moments, is_channels_last
 
@@ -98,14 +99,35 @@ def test_mask_alone_equals_the_mask_of_forward():
         assert torch.equal(h.mask(x), h(x)[1])
 
 
-def test_residual_block_adds_in_place_only_without_autograd():
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
+@pytest.mark.parametrize(("k", "out_channels"), [(3, 8), (7, 3)])
+def test_banded_padded_convolution_equals_the_padded_copy(layout, k, out_channels):
+    torch.manual_seed(0)
+    pad, conv = torch.nn.ReflectionPad2d(k // 2), torch.nn.Conv2d(8, out_channels, k)
+    x = torch.randn(2, 8, 37, 29).contiguous(memory_format=layout)
+    with torch.no_grad():
+        want = conv(pad(x))
+        for band_pixels in (1, 29 * 5, 10**6):  # bands of p + 1 rows, of 5 rows (the last shorter), one band
+            got = padded_conv_rows(pad, conv, x, band_pixels)
+            assert torch.equal(got, want), band_pixels
+            assert got.is_contiguous(memory_format=layout)
+
+
+def test_residual_block_on_the_channels_last_inference_path():
+    """Banded convolutions, in-place norms and the in-place residual add (no autograd, channels-last, an image
+    of 2 x BAND_PIXELS pixels or more) against the block's channel-first result; the input is left as it was."""
     torch.manual_seed(0)
     block = ResnetBlock(8).eval()
-    x = torch.randn(1, 8, 12, 12, requires_grad=True)
-    with_grad = block(x)
-    assert with_grad.grad_fn is not None
+    x = torch.randn(1, 8, 260, 256)
+    assert x.shape[-2] * x.shape[-1] >= 2 * BAND_PIXELS
     with torch.no_grad():
-        assert torch.equal(block(x), with_grad.detach())
+        want = block(x)
+        xc = x.contiguous(memory_format=CL)
+        got = block(xc)
+    assert is_channels_last(got) and torch.equal(xc, x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    with_grad = block(x.requires_grad_())
+    assert with_grad.grad_fn is not None and torch.equal(with_grad.detach(), want)
 
 
 def _small_nerco() -> NeRCo:

@@ -254,7 +254,7 @@ def profile_suite(width: int, height: int, chunk: int | None, resize: str) -> di
 
     from lit_modules.nerco_inference import channels_last_networks, enhance_image
     from lit_modules.nerco_objectives import generator_input
-    from lit_modules.nets.cyclegan import ResnetGenerator
+    from lit_modules.nets.cyclegan import ResnetGenerator, run_layers
     from lit_modules.nets.nerco import NRN, MaskExtractor
 
     torch.manual_seed(INFER_SEED)
@@ -267,7 +267,7 @@ def profile_suite(width: int, height: int, chunk: int | None, resize: str) -> di
         with record_function(stages[2]):
             mask = h.mask(t)
         with record_function(stages[0]):
-            feat = pre.model(t)
+            feat = run_layers(pre.model, t)
         with record_function(stages[1]):
             pre_x = pre.mlp(feat, pre.coordinates, pre.chunk_pixels)
             del feat

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lit_modules.nets.cyclegan import ResnetBlock, init_weights, resnet_trunk
+from lit_modules.nets.cyclegan import ResnetBlock, init_weights, resnet_trunk, run_layers
 from lit_modules.nets.norms import InstanceNorm2d
 
 PE_LEVELS = (
@@ -222,7 +222,7 @@ class NRN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if x.shape[-1] % 4 or x.shape[-2] % 4:
             raise ValueError(f"NRN needs H and W divisible by 4, got {tuple(x.shape[-2:])}")
-        return self.mlp(self.model(x), self.coordinates, self.chunk_pixels)
+        return self.mlp(run_layers(self.model, x), self.coordinates, self.chunk_pixels)
 
 
 class MaskExtractor(nn.Module):
@@ -254,12 +254,12 @@ class MaskExtractor(nn.Module):
         init_weights(self)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        f = self.model(x)
+        f = run_layers(self.model, x)
         return torch.tanh(self.output(f)), self._mask(f)
 
     def mask(self, x: Tensor) -> Tensor:
         """The mask alone (what G_H's input needs), without H's 7x7 output convolution."""
-        return self._mask(self.model(x))
+        return self._mask(run_layers(self.model, x))
 
     def _mask(self, f: Tensor) -> Tensor:
         pooled = torch.cat([f.mean(dim=(2, 3), keepdim=True), f.amax(dim=(2, 3), keepdim=True)], dim=1)
