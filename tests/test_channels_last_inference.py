@@ -100,17 +100,24 @@ def test_mask_alone_equals_the_mask_of_forward():
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, CL])
-@pytest.mark.parametrize(("k", "out_channels"), [(3, 8), (7, 3)])
-def test_banded_padded_convolution_equals_the_padded_copy(layout, k, out_channels):
+@pytest.mark.parametrize(("k", "out_channels"), [(3, 8), (7, 8), (7, 3)])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_banded_padded_convolution_equals_the_padded_copy(layout, k, out_channels, inplace):
+    """Bands of p + 1 rows (the halo as large as allowed), of 5 rows (the last shorter), one band; in place the
+    output takes x's buffer when the channels match (3 output channels cannot)."""
     torch.manual_seed(0)
     pad, conv = torch.nn.ReflectionPad2d(k // 2), torch.nn.Conv2d(8, out_channels, k)
     x = torch.randn(2, 8, 37, 29).contiguous(memory_format=layout)
     with torch.no_grad():
         want = conv(pad(x))
-        for band_pixels in (1, 29 * 5, 10**6):  # bands of p + 1 rows, of 5 rows (the last shorter), one band
-            got = padded_conv_rows(pad, conv, x, band_pixels)
+        for band_pixels in (1, 29 * 5, 10**6):
+            xb = x.clone()
+            got = padded_conv_rows(pad, conv, xb, band_pixels, inplace=inplace)
             assert torch.equal(got, want), band_pixels
             assert got.is_contiguous(memory_format=layout)
+            assert (got.data_ptr() == xb.data_ptr()) == (inplace and out_channels == 8)
+            if not inplace:
+                assert torch.equal(xb, x)
 
 
 def test_residual_block_on_the_channels_last_inference_path():

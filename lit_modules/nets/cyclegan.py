@@ -54,22 +54,37 @@ def _same_size_conv(conv: nn.Module | None, p: int) -> bool:
     )
 
 
-def padded_conv_rows(pad: nn.ReflectionPad2d, conv: nn.Conv2d, x: Tensor, band_pixels: int = BAND_PIXELS) -> Tensor:
+def padded_conv_rows(
+    pad: nn.ReflectionPad2d,
+    conv: nn.Conv2d,
+    x: Tensor,
+    band_pixels: int = BAND_PIXELS,
+    inplace: bool = False,
+) -> Tensor:
     """conv(pad(x)) computed in bands of output rows, each from its own reflection-padded slice of x (rows
-    r0 - p .. r1 + p, reflected at the image's top and bottom only): the same values, without the padded copy
-    of the whole image (59 MiB at 64 x 600 x 400) and its page faults. Output in x's memory layout."""
+    r0 - p .. r1 + p, reflected beyond the image's top and bottom only): the same values, without the padded
+    copy of the whole image (59 MiB at 64 x 600 x 400) and its page faults. Output in x's memory layout.
+    `inplace` (a conv that keeps the channels and dtype): the output overwrites x band by band, keeping
+    the p input rows the next band still needs (its halo) before they are overwritten, so no second
+    full-resolution buffer is alive."""
     p = _pad_width(pad)
     h, w = x.shape[-2:]
     rows = max(p + 1, band_pixels // max(w, 1))
-    out = None
+    out, halo = None, None
     for r0 in range(0, h, rows):
         r1 = min(h, r0 + rows)
         top, bottom = max(0, p - r0), max(0, r1 + p - h)  # halo rows beyond the image: reflected
-        band = F.pad(x[:, :, r0 - p + top : r1 + p - bottom], (p, p, top, bottom), mode="reflect")
-        y = conv(band)
+        if halo is None:
+            src = x[:, :, r0 - p + top : r1 + p - bottom]
+        else:  # rows r0 - p .. r0 - 1 of x are output already: their input values were kept
+            src = torch.cat([halo, x[:, :, r0 : r1 + p - bottom]], dim=2)
+        y = conv(F.pad(src, (p, p, top, bottom), mode="reflect"))
         if out is None:
-            layout = torch.channels_last if y.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-            out = torch.empty((*y.shape[:2], h, w), dtype=y.dtype, device=y.device, memory_format=layout)
+            layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+            fits = inplace and y.shape[1] == x.shape[1] and y.dtype == x.dtype and x.is_contiguous(memory_format=layout)
+            out = x if fits else torch.empty((*y.shape[:2], h, w), dtype=y.dtype, device=y.device, memory_format=layout)
+        if out is x and r1 < h:
+            halo = x[:, :, r1 - p : r1].clone()
         out[:, :, r0:r1].copy_(y)
     return out
 
@@ -77,16 +92,18 @@ def padded_conv_rows(pad: nn.ReflectionPad2d, conv: nn.Conv2d, x: Tensor, band_p
 def run_layers(layers: nn.Sequential, x: Tensor) -> Tensor:
     """layers(x). On the channels-last inference path (no autograd, channels-last x: `NeRCo.for_inference`) and
     images of at least 2 x BAND_PIXELS pixels, each reflection pad followed by a convolution that keeps the
-    size runs as `padded_conv_rows` (same values; that pair's own forward hooks see bands, the pad's none)."""
+    size runs as `padded_conv_rows` (same values; that pair's own forward hooks see bands, the pad's none), in
+    place on intermediate tensors (never on x itself, which the caller may still hold)."""
     if torch.is_grad_enabled() or not is_channels_last(x):
         return layers(x)
+    given = x
     mods = list(layers)
     i = 0
     while i < len(mods):
         p = _pad_width(mods[i])
         nxt = mods[i + 1] if i + 1 < len(mods) else None
         if p is not None and _same_size_conv(nxt, p) and x.shape[-2] * x.shape[-1] >= 2 * BAND_PIXELS:
-            x = padded_conv_rows(mods[i], nxt, x)
+            x = padded_conv_rows(mods[i], nxt, x, inplace=x is not given)
             i += 2
         else:
             x = mods[i](x)
