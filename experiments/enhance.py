@@ -36,7 +36,6 @@ from omegaconf import DictConfig, OmegaConf
 from core.errors import InputError, MissingFileError, UserError
 from core.files import write_json_atomic
 from core.imageops import from_unit_range, to_unit_range
-from core.memory import single_malloc_arena
 from core.tiling import run_tiled
 from data.image_folder import (
     QUANTIZE,
@@ -229,7 +228,6 @@ def report(run: Run, summary: dict[str, Any], plan: Plan, written: list[Item]) -
 
 def enhance(cfg: DictConfig) -> dict[str, Any]:
     """Checks the inputs, loads the model, enhances each image; returns the summary written to the run dir."""
-    single_malloc_arena()  # one image at a time: bounded, repeatable peak memory (core.memory)
     if cfg.quantize not in QUANTIZE:  # every refusal before the run directory is written
         raise EnhanceError(f"quantize={cfg.quantize!r} is not one of {QUANTIZE}")
     with refusals():

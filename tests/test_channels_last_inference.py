@@ -177,15 +177,3 @@ def test_benchmark_inference_processes_do_not_import_lightning():
     code = "import sys, experiments.benchmarks.nerco; print('pytorch_lightning' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "False"
-
-
-def test_enhance_processes_use_one_malloc_arena():
-    """glibc (this machine's C library) accepts the setting; `experiments.enhance` makes it first thing."""
-    code = "from core.memory import single_malloc_arena; print(single_malloc_arena())"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert res.stdout.strip() == "True"
-    import inspect
-
-    from experiments.enhance import enhance
-
-    assert "single_malloc_arena()" in inspect.getsource(enhance)

@@ -143,7 +143,6 @@ def test_benchmark_inference_runs_end_to_end(tmp_path, capsys):
     rows = {r["key"]: r for r in res["inference"]["96x64"]}
     assert list(rows) == [
         "released",
-        "released_one_arena",
         "suite",
         "suite_bf16",
         "suite_nchw",

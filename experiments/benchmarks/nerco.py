@@ -10,11 +10,9 @@ Inference, one table per size, rows on the same seeded random weights and the sa
   the released test step with its NRN evaluating the four local-ensemble terms, fp32, the whole image at once;
 - `released test.py forward`: the same plus what the released `forward()` also computes at test time and
   discards (G_L twice, a second NRN, rec_B): what `test.py` costs;
-- `released, literal, one malloc arena`: the same under the allocator setting `experiments.enhance` makes
-  (`core.memory.single_malloc_arena`), to show what that setting alone does to the released path;
 - `suite defaults`: `NeRCo.enhance`'s code (`nerco_inference.enhance_image`) with the module's default
   settings (the NRN's exact single-term path, its default chunking, fp32), under `torch.inference_mode`, as
-  `experiments.enhance` runs it (`NeRCo.for_inference`: channels-last weights and images; one malloc arena);
+  `experiments.enhance` runs it (`NeRCo.for_inference`: channels-last weights and images);
 - `suite defaults + bf16 autocast`, `suite defaults, channel-first` (the same without `for_inference`, as
   validation during training runs it), the suite with other `--chunks`, and the released and suite-default
   paths under `torch.set_num_threads(t)` for each `--threads t` (a machine setting, not a suite default);
@@ -126,7 +124,6 @@ def infer_rows(
     """The inference rows of one size; the first is the baseline. `threads`: extra rows of the released and
     the suite-default paths under torch.set_num_threads(t) (not a suite default)."""
     rows = [{"key": RELEASED, "label": "released, literal (NRN 4 terms, fp32, one pass)"}]
-    rows.append({"key": "released_one_arena", "label": "released, literal, one malloc arena (as enhance runs)"})
     if full_forward:
         rows.append(
             {"key": "released_full", "label": "released test.py forward (+ G_L, 2nd NRN, rec_B; discarded)"}
@@ -180,11 +177,6 @@ def measure_infer(
     the same modules (torch and the suite's plain inference functions, no Lightning), so the resident sizes
     before the work agree; `chunk`, `resize`: the suite rows' NRN chunking (None: one pass) and size rule;
     `threads` > 0: torch.set_num_threads(threads) first."""
-    if key.startswith("suite") or key == "released_one_arena":
-        from core.memory import single_malloc_arena
-
-        single_malloc_arena()  # as experiments.enhance starts; before torch's threads allocate
-
     import numpy as np
     import torch
 
