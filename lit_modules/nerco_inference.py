@@ -64,7 +64,7 @@ def in_layout(model: Callable[[Tensor], Tensor], channels_last: bool) -> Callabl
 
 def channels_last_networks(*nets: nn.Module | None) -> None:
     """The 4-D weights of `nets` in channels-last memory, for `enhance_image(..., channels_last=True)`: on
-    this CPU oneDNN runs NeRCo's convolutions ~1.3x faster with channels-last images and weights (the
+    this CPU oneDNN runs NeRCo's convolutions faster with channels-last images and weights (the
     64-channel full-resolution ones ~1.6x) than channel-first (`python -m experiments.benchmark nerco`).
     For inference-only processes: training keeps channel-first weights (its instance norms are torch's)."""
     with torch.inference_mode(False), torch.no_grad():  # ordinary tensors: the weights may train later
