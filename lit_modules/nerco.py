@@ -253,7 +253,7 @@ class NeRCo(RestorationModule):
         h = self.hparams
         bf16 = bool(h.get("inference_bf16", False))
         channels_last = self._channels_last and low.device.type == "cpu"
-        if channels_last and not self.netG_A.model[1].weight.is_contiguous(memory_format=torch.channels_last):
+        if channels_last and not next(self.netG_A.parameters()).is_contiguous(memory_format=torch.channels_last):
             channels_last_networks(self.netPre, self.netH, self.netG_A)  # once, on the first CPU call
         return enhance_image(
             self, self.netPre, low, h.nrn_chunk_pixels, h.inference_resize, bf16, channels_last

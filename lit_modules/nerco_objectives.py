@@ -41,6 +41,7 @@ from lit_modules.nerco_losses import (
     resize_for_text_encoder,
     text_loss,
 )
+from lit_modules.nets.norms import is_channels_last
 
 Outputs = Mapping[str, Tensor | None]  # what `NeRCo.forward_train` returns (the released `forward`)
 Terms = dict[str, Tensor]
@@ -71,8 +72,7 @@ def generator_input(x: Tensor, pre: Tensor | None, mask: Tensor | None) -> Tenso
     memory format (a channels-last x keeps G_H on the channels-last path `enhance` runs)."""
     inp = torch.cat([x, pre if pre is not None else x], dim=1)
     inp = inp * mask if mask is not None else inp
-    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    return inp.contiguous(memory_format=torch.channels_last) if channels_last else inp
+    return inp.contiguous(memory_format=torch.channels_last) if is_channels_last(x) else inp
 
 
 def released_forward(nets: Nets, A: Tensor, B: Tensor, c: Mapping[str, bool]) -> dict[str, Tensor | None]:

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn import init
 
-from lit_modules.nets.norms import InstanceNorm2d, is_channels_last
+from lit_modules.nets.norms import InstanceNorm2d, is_channels_last, on_channels_last_inference_path
 
 
 def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
@@ -81,8 +81,11 @@ def padded_conv_rows(
         y = conv(F.pad(src, (p, p, top, bottom), mode="reflect"))
         if out is None:
             layout = torch.channels_last if is_channels_last(x) else torch.contiguous_format
-            fits = inplace and y.shape[1] == x.shape[1] and y.dtype == x.dtype and x.is_contiguous(memory_format=layout)
-            out = x if fits else torch.empty((*y.shape[:2], h, w), dtype=y.dtype, device=y.device, memory_format=layout)
+            fits = inplace and y.shape[1] == x.shape[1] and y.dtype == x.dtype
+            if fits and x.is_contiguous(memory_format=layout):
+                out = x
+            else:
+                out = torch.empty((*y.shape[:2], h, w), dtype=y.dtype, device=y.device, memory_format=layout)
         if out is x and r1 < h:
             halo = x[:, :, r1 - p : r1].clone()
         out[:, :, r0:r1].copy_(y)
@@ -94,7 +97,7 @@ def run_layers(layers: nn.Sequential, x: Tensor) -> Tensor:
     images of at least 2 x BAND_PIXELS pixels, each reflection pad followed by a convolution that keeps the
     size runs as `padded_conv_rows` (same values; that pair's own forward hooks see bands, the pad's none), in
     place on intermediate tensors (never on x itself, which the caller may still hold)."""
-    if torch.is_grad_enabled() or not is_channels_last(x):
+    if not on_channels_last_inference_path(x):
         return layers(x)
     given = x
     mods = list(layers)
@@ -127,7 +130,7 @@ class ResnetBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        if torch.is_grad_enabled() or not is_channels_last(x):
+        if not on_channels_last_inference_path(x):
             return x + self.conv_block(x)
         return run_layers(self.conv_block, x).add_(x)  # channels-last inference: into the block's fresh output
 

@@ -86,6 +86,12 @@ def is_channels_last(x: Tensor) -> bool:
     return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
 
 
+def on_channels_last_inference_path(x: Tensor) -> bool:
+    """No autograd and a channels-last x: where the nets' inference shortcuts (this norm, the banded convolutions
+    and in-place adds of `nets.cyclegan`) apply; training and channel-first data keep torch's ops."""
+    return not torch.is_grad_enabled() and is_channels_last(x)
+
+
 class InstanceNorm2d(nn.InstanceNorm2d):
     """`nn.InstanceNorm2d` (same parameters and state_dict keys). Without autograd, on channels-last images
     and without running statistics, it normalises with `instance_norm_channels_last`, float32/float64 in
@@ -97,6 +103,6 @@ class InstanceNorm2d(nn.InstanceNorm2d):
         self.inplace = inplace
 
     def forward(self, x: Tensor) -> Tensor:
-        if not torch.is_grad_enabled() and not self.track_running_stats and is_channels_last(x):
+        if not self.track_running_stats and on_channels_last_inference_path(x):
             return instance_norm_channels_last(x, self.eps, self.weight, self.bias, self.inplace)
         return super().forward(x)
