@@ -1,7 +1,7 @@
 """NeRCo's channels-last inference (`NeRCo.for_inference`, `lit_modules.nets.norms`): the instance norm's
 channels-last path against a float64 reference and torch's, in place where built so, torch's path wherever
 autograd or channel-first data is involved; the mask without H; banded reflection-padded convolutions and the
-in-place residual add; `enhance` on
+in-place residual add; the NRN head's later layers as 1x1 convolutions; `enhance` on
 channels-last networks against the released step and the channel-first path; the benchmark's inference
 processes free of Lightning."""
 
@@ -19,7 +19,7 @@ from lit_modules.nerco import NeRCo
 from lit_modules.nerco_reference import released_literal_enhance
 from lit_modules.nerco_release import released_uint8
 from lit_modules.nets.cyclegan import BAND_PIXELS, ResnetBlock, padded_conv_rows
-from lit_modules.nets.nerco import MaskExtractor
+from lit_modules.nets.nerco import LocalImplicitHead, MaskExtractor
 from lit_modules.nets.norms import InstanceNorm2d, channel_moments, is_channels_last
 
 CL = torch.channels_last
@@ -135,6 +135,27 @@ def test_residual_block_on_the_channels_last_inference_path():
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     with_grad = block(x.requires_grad_())
     assert with_grad.grad_fn is not None and torch.equal(with_grad.detach(), want)
+
+
+@pytest.mark.parametrize("chunk", [None, 3 * 19])  # one band; bands of 3 rows, the last one shorter
+def test_nrn_head_pointwise_layers_equal_the_matrix_products(chunk):
+    """On channels-last features without autograd the head's 256 -> 256 -> 256 -> 3 layers run as 1x1
+    convolutions (channels-last output); with autograd or channel-first features as matrix products on
+    (256, pixels). Same function up to float rounding, batch 2, bands of rows or one pass."""
+    torch.manual_seed(0)
+    head = LocalImplicitHead(8, (32, 32, 32)).eval()
+    for p in head.parameters():
+        p.data.normal_(0, 0.3)  # output O(1), so that a wrong layer would show
+    feat = torch.randn(2, 8, 14, 19)
+    with torch.no_grad():
+        want = head(feat, "constant", chunk)
+        got = head(feat.contiguous(memory_format=CL), "constant", chunk)
+    assert want.shape == got.shape == (2, 3, 14, 19) and want.abs().max() > 0.5
+    assert want.is_contiguous() and is_channels_last(got)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    trained = head(feat.contiguous(memory_format=CL).requires_grad_(), "constant", chunk)
+    assert trained.grad_fn is not None and trained.is_contiguous()  # autograd: the matrix products
+    torch.testing.assert_close(trained.detach(), want, rtol=1e-6, atol=1e-7)
 
 
 def _small_nerco() -> NeRCo:

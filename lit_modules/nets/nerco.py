@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lit_modules.nets.cyclegan import ResnetBlock, init_weights, resnet_trunk, run_layers
-from lit_modules.nets.norms import InstanceNorm2d
+from lit_modules.nets.norms import InstanceNorm2d, on_channels_last_inference_path
 
 PE_LEVELS = (
     8  # L of the positional encoding: 2 coordinates x (sin, cos) x L = 32 dims, + the 2 raw coordinates
@@ -140,19 +140,16 @@ class LocalImplicitHead(nn.Module):
     def _constant_rows(
         self, feat: Tensor, r0: int, r1: int, layers: list[tuple[Tensor, Tensor] | None]
     ) -> Tensor:
-        b, h, w = feat.shape[0], feat.shape[2], feat.shape[3]
+        h = feat.shape[2]
         kernel, bias = layers[0]
         # rows r0-1..r1 of the zero-padded features, padded per band (no padded copy of the whole image)
         top, bottom = int(r0 == 0), int(r1 == h)
         band = F.pad(feat[:, :, r0 - 1 + top : r1 + 1 - bottom], (1, 1, top, bottom))
         hidden = F.conv2d(band, kernel, bias)  # = unfold + the first Linear, (B, 256, r, w)
-        preds = []
-        for k in range(b):
-            y = hidden[k].view(hidden.shape[1], -1)  # (256, n), pixels along the columns
-            for layer in layers[1:]:
-                y = y.relu_() if layer is None else torch.addmm(layer[1], layer[0], y)
-            preds.append(y)
-        pred = torch.stack(preds).view(b, -1, r1 - r0, w)  # (B, 3, r, w)
+        if on_channels_last_inference_path(hidden):
+            pred = self._pointwise_layers(hidden, layers[1:])
+        else:
+            pred = self._matrix_layers(hidden, layers[1:])
         # four equal ensemble terms, each weighted area / total area with area = |0 * 0| + 1e-9
         area = pred.new_full((1,), 1e-9)
         weight = area / torch.stack([area] * 4).sum(0)
@@ -160,6 +157,32 @@ class LocalImplicitHead(nn.Module):
         for _ in range(3):
             ret = ret + pred * weight
         return ret
+
+    @staticmethod
+    def _pointwise_layers(hidden: Tensor, layers: list[tuple[Tensor, Tensor] | None]) -> Tensor:
+        """The MLP's later layers as 1x1 convolutions on channels-last hidden features (inference): oneDNN's
+        1x1 convolution on (pixels, 256) rows runs ~2x faster here than the matrix products on the transposed
+        (256, pixels) view, the same function up to float rounding. ReLUs in place. (B, 3, r, w), channels-last."""
+        y = hidden
+        for layer in layers:
+            if layer is None:
+                y = y.relu_()
+            else:
+                weight, bias = layer
+                y = F.conv2d(y, weight[:, :, None, None], bias[:, 0])
+        return y
+
+    @staticmethod
+    def _matrix_layers(hidden: Tensor, layers: list[tuple[Tensor, Tensor] | None]) -> Tensor:
+        """The MLP's later layers as matrix products on (256, pixels) per image, ReLUs in place. (B, 3, r, w)."""
+        b, r, w = hidden.shape[0], hidden.shape[2], hidden.shape[3]
+        preds = []
+        for k in range(b):
+            y = hidden[k].view(hidden.shape[1], -1)  # (256, n), pixels along the columns
+            for layer in layers:
+                y = y.relu_() if layer is None else torch.addmm(layer[1], layer[0], y)
+            preds.append(y)
+        return torch.stack(preds).view(b, -1, r, w)
 
     def _liif_rows(self, padded: Tensor, r0: int, r1: int, h: int, w: int) -> Tensor:
         b = padded.shape[0]
