@@ -188,10 +188,20 @@ def test_benchmark_runs_with_tiny_sizes(tmp_path, capsys):
     code = main(["nerco", "--size", "32", "--text-arch", "tiny", "--sizes", "24x16", "--chunks", "0", "64",
                  "--output-dir", str(tmp_path)])  # fmt: skip
     assert code == 0
-    res = json.loads((tmp_path / "benchmark_nerco.json").read_text())["results"]
-    assert [r["kind"] for r in res] == ["train", "train", "infer", "infer"]
-    assert all(r["estimate_mb"] > 0 and r["working_memory_mb"] >= 0 for r in res[2:])
-    assert "enhance's estimate" in capsys.readouterr().out
+    body = json.loads((tmp_path / "benchmark_nerco.json").read_text())
+    train = body["results"]
+    assert [r["kind"] for r in train] == ["train", "train"] and not any("error" in r for r in train)
+    rows = body["inference"]["24x16"]
+    assert [r["kind"] for r in rows][-1] == "profile" and not any("error" in r for r in rows)
+    infer = {r["key"]: r for r in rows if r["kind"] == "infer"}
+    assert {"released", "released_full", "suite", "suite_bf16", "suite_nchw"} <= set(infer)
+    assert infer["released"]["time_ratio"] == 1 and infer["released"]["max_diff"] == 0
+    assert all(r["working_memory_mb"] >= 0 and "max_diff" in r for r in infer.values())
+    assert all(r["estimate_mb"] > 0 for k, r in infer.items() if k.startswith("suite"))
+    assert infer["suite"]["max_diff"] <= 1 and infer["suite_nchw"]["max_diff"] <= 1
+    assert set(body["verdicts"]["24x16"]) == {"time_ratio", "peak_ratio", "working_ratio", "max_diff"}
+    out = capsys.readouterr().out
+    assert "NeRCo inference 24x16" in out and "suite defaults vs targets" in out
 
 
 @pytest.mark.slow
