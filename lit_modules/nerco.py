@@ -262,8 +262,9 @@ class NeRCo(RestorationModule):
     def for_inference(self) -> NeRCo:
         """For processes that only run inference (`experiments.enhance`, `experiments.evaluate`): on a CPU,
         `enhance` then runs the networks it needs on channels-last weights (converted at its first call) and
-        images (`nerco_inference.channels_last_networks`; same function up to float rounding, 1.15-1.4x faster
-        here). GPU runs keep channel-first (not measured here)."""
+        images (`nerco_inference.channels_last_networks`; same function up to float rounding, 1.4-1.5x faster
+        here than channel-first, `python -m experiments.benchmark nerco`). GPU runs keep channel-first (not
+        measured here)."""
         self._channels_last = True
         return self
 

@@ -27,6 +27,7 @@ FAST = {("vae_mnist", m) for m in MODES} | {
     ("nerco_smoke", "fdr"),
 }
 EXPENSIVE = ("test/fid", "test/nll")
+PAPER_NERCO = ("nerco_lol", "nerco_lsrw")  # the 512x512 recipes with the CLIP RN50 text discriminator
 
 
 def type_mro(cfg) -> list[type]:
@@ -53,10 +54,10 @@ def test_every_experiment_is_listed():
 def test_debug_mode_runs(experiment, mode, compose_cfg, tmp_path):
     run_dir = tmp_path / f"{experiment}-{mode}"
     overrides = [f"experiment={experiment}", f"debug={mode}", "logger=none"]
-    if experiment in ("nerco_lol", "nerco_lsrw") and importlib.util.find_spec("open_clip") is None:
+    if experiment in PAPER_NERCO and importlib.util.find_spec("open_clip") is None:
         # CLIP RN50 needs the `clip` extra (and torchvision): the documented stand-in for code checks
         overrides += ["model.text_discriminator.backend=random", "model.text_discriminator.arch=tiny"]
-    if experiment in ("nerco_lol", "nerco_lsrw"):
+    if experiment in PAPER_NERCO:
         # the recipe's 512x512 training images take ~19 GB and ~1 min per iteration here on the CPU (a 24 GB
         # machine ran out of memory inside the shared pytest process): the debug modes are what is tested
         overrides += ["data.resize=128"]
