@@ -4,7 +4,9 @@ in processes that load only torch and the networks; the Lightning callbacks are 
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,40 @@ def steady_state(times: list[float]) -> float:
     """Median epoch time, leaving out the first epoch (start-up: allocator, threads, tracker)."""
     rest = times[1:] or times
     return statistics.median(rest)
+
+
+def _descendants_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of the live descendants of process `root`, from /proc (0.0 where /proc is
+    missing). A W&B run's writer (`wandb-core`) is such a child: its work is part of what tracking costs."""
+    try:
+        stats = {}
+        for entry in os.scandir("/proc"):
+            if entry.name.isdigit():
+                try:
+                    fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue  # the process ended while listing
+                # fields after the name: state, ppid (1), ..., utime (11), stime (12)
+                stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    except OSError:
+        return 0.0
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    ticks, todo = 0, list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        ticks += stats[pid][1]
+        todo.extend(children.get(pid, []))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process (all threads) and its live child processes (clock ticks, 10 ms,
+    for the children). Differences of it measure work rather than waiting: time the scheduler gives another
+    job shows in wall time, not here. Where CPU and wall time of an epoch agree, a slower epoch is the same
+    work running slower (caches, clock, the host), not the process waiting for a core."""
+    return time.process_time() + _descendants_cpu_seconds(os.getpid())
 
 
 def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:

@@ -25,7 +25,7 @@ import pytorch_lightning as pl
 import torch
 
 from core.files import write_atomic
-from experiments.benchmarks.common import print_table, steady_state, write_results
+from experiments.benchmarks.common import cpu_seconds, print_table, steady_state, write_results
 from lit_modules.vae import bernoulli_log_likelihood, importance_sampled_log_likelihood, kl_standard_normal
 from runtime.config import compose
 
@@ -83,10 +83,11 @@ def score(net: torch.nn.Module, loader, num_samples: int, seed: int = 0) -> dict
 
 def plain_loop(
     overrides: list[str], epochs: int, out: Path, checkpoint: bool = False
-) -> tuple[list[float], torch.nn.Module, object]:
+) -> tuple[dict[str, list[float]], torch.nn.Module, object]:
     """The textbook training loop in plain PyTorch, on the suite's model and data objects. With `checkpoint`,
     it also does the suite's per-epoch writes: model, optimizer and RNG states, streamed into a temporary
-    file and renamed onto last.ckpt (what a resumable plain loop has to do: equal work)."""
+    file and renamed onto last.ckpt (what a resumable plain loop has to do: equal work). Returns the epochs'
+    wall and CPU seconds ({"wall": [...], "cpu": [...]}, as `EpochTimer` writes them), the model, the data."""
     cfg = compose("train", overrides, output_dir=out / "plain")
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = hydra.utils.instantiate(cfg.data)
@@ -95,9 +96,9 @@ def plain_loop(
     optimizer = model.configure_optimizers()
     train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
     beta = model.hparams.beta
-    times = []
+    times, cpu = [], []
     for epoch in range(epochs):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), cpu_seconds()
         train_loader.sampler.set_epoch(epoch)
         model.train()
         for x, _ in train_loader:
@@ -119,19 +120,21 @@ def plain_loop(
             }  # fmt: skip
             write_atomic(out / "plain_last.ckpt", lambda f, state=state: torch.save(state, f))
         times.append(time.perf_counter() - start)
+        cpu.append(cpu_seconds() - start_cpu)
         print(
             f"plain loop: epoch {epoch + 1}/{epochs} {times[-1]:.3f} s, val -ELBO {sum(val) / len(val):.2f}",
             flush=True,
         )
-    return times, model, datamodule
+    return {"wall": times, "cpu": cpu}, model, datamodule
 
 
 def timed_rounds(
     args: argparse.Namespace, common: list[str], out: Path
 ) -> tuple[list[dict[str, Any]], Any, Any]:
     """`--rounds` rounds of: the suite's `experiments.train` (epoch times from `EpochTimer`), the plain PyTorch
-    loop, and the plain loop with a checkpoint per epoch. Returns (per-round epoch times, the plain loop's
-    model, its datamodule)."""
+    loop, and the plain loop with a checkpoint per epoch. Returns (per-round epoch wall times under "suite",
+    "plain", "plain_ckpt" and their CPU seconds under the same keys + "_cpu", the plain loop's model, its
+    datamodule)."""
     from experiments.train import train
 
     timer_file = out / "suite_epoch_times.json"
@@ -149,14 +152,17 @@ def timed_rounds(
             flush=True,
         )
         train(compose("train", suite_overrides, output_dir=out / f"suite_{r}"))
-        suite_times = json.loads(timer_file.read_text())
+        suite = json.loads(timer_file.read_text())
         print(
             f"== round {r + 1}/{args.rounds}, plain PyTorch loop (and again with a checkpoint per epoch)",
             flush=True,
         )
-        plain_times, plain_model, datamodule = plain_loop(common, args.epochs, out)
-        plain_ckpt_times, _, _ = plain_loop(common, args.epochs, out, checkpoint=True)
-        rounds.append({"suite": suite_times, "plain": plain_times, "plain_ckpt": plain_ckpt_times})
+        plain, plain_model, datamodule = plain_loop(common, args.epochs, out)
+        plain_ckpt, _, _ = plain_loop(common, args.epochs, out, checkpoint=True)
+        sides = {"suite": suite, "plain": plain, "plain_ckpt": plain_ckpt}
+        rounds.append(
+            {**{k: t["wall"] for k, t in sides.items()}, **{f"{k}_cpu": t["cpu"] for k, t in sides.items()}}
+        )
     return rounds, plain_model, datamodule
 
 
@@ -197,7 +203,19 @@ def epoch_statistics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "fastest_epoch": fastest,
         "ratio_fastest": fastest["suite"] / fastest["plain_ckpt"],
         "ratio_vs_plain_without_checkpoint": ratio_no_ckpt,
+        **cpu_statistics(rounds),
     }
+
+
+def cpu_statistics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The same equal-work comparison in CPU seconds per epoch (this process and its children: W&B's writer
+    counts for the suite). It leaves out time spent waiting for a core (another job's turn) and charges work
+    done in parallel on the other core, which wall time does not see. If it scatters as much as the wall-time
+    ratio, the scatter is the work itself running at different speeds, not the machine's other jobs."""
+    keys = ("suite", "plain_ckpt")
+    cpu = {k: statistics.median(steady_state(rd[f"{k}_cpu"]) for rd in rounds) for k in keys}
+    ratios = [steady_state(rd["suite_cpu"]) / steady_state(rd["plain_ckpt_cpu"]) for rd in rounds]
+    return {"epoch_cpu": cpu, "cpu_ratio": statistics.median(ratios), "cpu_ratios": ratios}
 
 
 def startup_times(out: Path, experiment: str) -> dict[str, float]:
@@ -250,6 +268,11 @@ def print_summary(
         f"({fastest['suite']:.3f} s / {fastest['plain_ckpt']:.3f} s)"
     )
     print(f"time ratio suite/(plain loop without checkpoints): {stats['ratio_vs_plain_without_checkpoint']:.3f}")
+    cpu, cpu_ratios = stats["epoch_cpu"], ", ".join(f"{x:.3f}" for x in stats["cpu_ratios"])
+    print(
+        f"CPU-time ratio at equal work (CPU s / epoch of the process and its children, e.g. W&B's writer): "
+        f"{stats['cpu_ratio']:.3f} ({cpu['suite']:.3f} s / {cpu['plain_ckpt']:.3f} s; per round: {cpu_ratios})"
+    )
     d_elbo = suite["test_elbo"] - plain["test_elbo"]
     print(f"-ELBO suite - plain: {d_elbo:+.3f} nats (target <= +0.5); final weights bit-identical: {same}")
 
