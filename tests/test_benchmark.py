@@ -39,10 +39,16 @@ def test_vae_benchmark_sides_are_the_same_computation(tmp_path, capsys):
         for wall, cpu in zip(res["rounds"][0][side], res["rounds"][0][f"{side}_cpu"]):
             assert 0 < cpu <= wall * os.cpu_count() + 0.05
     assert res["cpu_ratio"] == res["epoch_cpu"]["suite"] / res["epoch_cpu"]["plain_ckpt"]
-    plain_ckpt = torch.load(tmp_path / "plain_last.ckpt", weights_only=False)
-    assert set(plain_ckpt) == {"epoch", "state_dict", "optimizer_states", "rng_states"} and plain_ckpt["epoch"] == 1
+    # the headline pairs each suite epoch with the plain epoch (with checkpoint) run just before it
+    rd = res["rounds"][0]
+    assert len(rd["paired_plain_ckpt"]) == 2 and res["paired_ratios"] == [rd["suite"][1] / rd["paired_plain_ckpt"][1]]
+    assert res["paired_cpu_ratio"] == rd["suite_cpu"][1] / rd["paired_plain_ckpt_cpu"][1]
+    for path in (tmp_path / "plain_last.ckpt", tmp_path / "paired" / "plain_last.ckpt"):  # alone, paired
+        plain_ckpt = torch.load(path, weights_only=False)
+        assert set(plain_ckpt) == {"epoch", "state_dict", "optimizer_states", "rng_states"}
+        assert plain_ckpt["epoch"] == 1
     out = capsys.readouterr().out
-    assert "time ratio suite/plain at equal work" in out and "target <= 1.05" in out and "CPU-time ratio at equal work" in out
+    assert "time ratio suite/plain at equal work, paired epochs" in out and "target <= 1.05" in out and "CPU-time ratio at equal work" in out
     # start-up: a fresh `experiments.train ... debug=fdr` reached its first batch, after more than `import torch`
     assert res["startup"]["first_batch_s"] > res["startup"]["import_torch_s"] > 0
     assert "to its first training batch" in out

@@ -81,27 +81,30 @@ def score(net: torch.nn.Module, loader, num_samples: int, seed: int = 0) -> dict
     return {"test_elbo": elbo / n, "test_nll": nll / n}
 
 
-def plain_loop(
-    overrides: list[str], epochs: int, out: Path, checkpoint: bool = False
-) -> tuple[dict[str, list[float]], torch.nn.Module, object]:
-    """The textbook training loop in plain PyTorch, on the suite's model and data objects. With `checkpoint`,
-    it also does the suite's per-epoch writes: model, optimizer and RNG states, streamed into a temporary
-    file and renamed onto last.ckpt (what a resumable plain loop has to do: equal work). Returns the epochs'
-    wall and CPU seconds ({"wall": [...], "cpu": [...]}, as `EpochTimer` writes them), the model, the data."""
-    cfg = compose("train", overrides, output_dir=out / "plain")
-    pl.seed_everything(cfg.seed, workers=True)
-    datamodule = hydra.utils.instantiate(cfg.data)
-    model = hydra.utils.instantiate(cfg.model)
-    datamodule.setup("fit")
-    optimizer = model.configure_optimizers()
-    train_loader, val_loader = datamodule.train_dataloader(), datamodule.val_dataloader()
-    beta = model.hparams.beta
-    times, cpu = [], []
-    for epoch in range(epochs):
+class PlainLoop:
+    """The textbook training loop in plain PyTorch, on the suite's model and data objects, one epoch per call.
+    With `checkpoint`, each epoch also does the suite's per-epoch writes: model, optimizer and RNG states,
+    streamed into a temporary file and renamed onto plain_last.ckpt (what a resumable plain loop has to do:
+    equal work). Seeds the global RNGs on construction, as the suite's `train` does."""
+
+    def __init__(self, overrides: list[str], out: Path, checkpoint: bool = False):
+        cfg = compose("train", overrides, output_dir=out / "plain")
+        pl.seed_everything(cfg.seed, workers=True)
+        self.datamodule = hydra.utils.instantiate(cfg.data)
+        self.model = hydra.utils.instantiate(cfg.model)
+        self.datamodule.setup("fit")
+        self.optimizer = self.model.configure_optimizers()
+        self.train_loader = self.datamodule.train_dataloader()
+        self.val_loader = self.datamodule.val_dataloader()
+        self.checkpoint, self.out = checkpoint, out
+
+    def epoch(self, epoch: int) -> tuple[float, float, float]:
+        """Trains, validates (and checkpoints) one epoch; returns (wall s, CPU s, validation -ELBO)."""
+        model, optimizer, beta = self.model, self.optimizer, self.model.hparams.beta
         start, start_cpu = time.perf_counter(), cpu_seconds()
-        train_loader.sampler.set_epoch(epoch)
+        self.train_loader.sampler.set_epoch(epoch)
         model.train()
-        for x, _ in train_loader:
+        for x, _ in self.train_loader:
             recon, kl = model.loss_terms(x)
             loss = (recon + beta * kl).mean()
             optimizer.zero_grad(set_to_none=True)
@@ -109,8 +112,8 @@ def plain_loop(
             optimizer.step()
         model.eval()
         with torch.no_grad():
-            val = [(r + k).mean().item() for r, k in (model.loss_terms(x) for x, _ in val_loader)]
-        if checkpoint:  # what the suite's last.ckpt holds, written the way the suite writes it
+            val = [(r + k).mean().item() for r, k in (model.loss_terms(x) for x, _ in self.val_loader)]
+        if self.checkpoint:  # what the suite's last.ckpt holds, written the way the suite writes it
             state = {
                 "epoch": epoch,
                 "state_dict": model.state_dict(),
@@ -118,48 +121,119 @@ def plain_loop(
                 "rng_states": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
                                "python": random.getstate()},
             }  # fmt: skip
-            write_atomic(out / "plain_last.ckpt", lambda f, state=state: torch.save(state, f))
-        times.append(time.perf_counter() - start)
-        cpu.append(cpu_seconds() - start_cpu)
-        print(
-            f"plain loop: epoch {epoch + 1}/{epochs} {times[-1]:.3f} s, val -ELBO {sum(val) / len(val):.2f}",
-            flush=True,
+            write_atomic(self.out / "plain_last.ckpt", lambda f, state=state: torch.save(state, f))
+        return time.perf_counter() - start, cpu_seconds() - start_cpu, sum(val) / len(val)
+
+
+def plain_loop(
+    overrides: list[str], epochs: int, out: Path, checkpoint: bool = False
+) -> tuple[dict[str, list[float]], torch.nn.Module, object]:
+    """`PlainLoop` for `epochs` epochs. Returns the epochs' wall and CPU seconds ({"wall": [...], "cpu": [...]},
+    as `EpochTimer` writes them), the model and the datamodule."""
+    loop = PlainLoop(overrides, out, checkpoint)
+    times, cpu = [], []
+    for epoch in range(epochs):
+        wall, used, val = loop.epoch(epoch)
+        times.append(wall)
+        cpu.append(used)
+        print(f"plain loop: epoch {epoch + 1}/{epochs} {wall:.3f} s, val -ELBO {val:.2f}", flush=True)
+    return {"wall": times, "cpu": cpu}, loop.model, loop.datamodule
+
+
+class PairedPlainEpochs(pl.Callback):
+    """Runs one epoch of the plain loop with checkpoints (`PlainLoop`) before each of the suite's epochs, in the
+    suite's process, and times both: each suite epoch is paired with a plain epoch run seconds before it, so
+    the machine's drift (which moves whole runs by 10-30 % here) cancels in the pair's ratio. The plain side
+    keeps its own global RNG states (swapped in and out around its epochs), so each side draws exactly the
+    numbers it draws alone and both end with the weights of their separate runs. Suite epoch = from the end of
+    its paired plain epoch to the next one's start (training, validation, checkpointing, logging, bars).
+    Writes {"wall", "cpu", "plain_wall", "plain_cpu"} to `path` as JSON at the end of training."""
+
+    def __init__(self, path: str, overrides: list[str], out: str):
+        self.path, self.overrides, self.out = Path(path), list(overrides), Path(out)
+        self.loop: PlainLoop | None = None
+        self.plain_rng: dict[str, torch.Tensor] | None = None
+        self.suite: list[tuple[float, float]] = []
+        self.plain: list[tuple[float, float]] = []
+        self._start: tuple[float, float] | None = None
+
+    def _close_suite_epoch(self) -> None:
+        if self._start is not None:
+            self.suite.append((time.perf_counter() - self._start[0], cpu_seconds() - self._start[1]))
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from runtime.callbacks import capture_rng_state, restore_rng_state
+
+        self._close_suite_epoch()
+        suite_rng = capture_rng_state()
+        with torch.enable_grad():
+            if self.loop is None:
+                self.loop = PlainLoop(self.overrides, self.out, checkpoint=True)  # seeds, as alone
+            else:
+                restore_rng_state(self.plain_rng)
+            wall, used, _ = self.loop.epoch(trainer.current_epoch)
+        self.plain.append((wall, used))
+        self.plain_rng = capture_rng_state()
+        restore_rng_state(suite_rng)
+        self._start = (time.perf_counter(), cpu_seconds())
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close_suite_epoch()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(
+            json.dumps(
+                {
+                    "wall": [w for w, _ in self.suite],
+                    "cpu": [c for _, c in self.suite],
+                    "plain_wall": [w for w, _ in self.plain],
+                    "plain_cpu": [c for _, c in self.plain],
+                }
+            )
         )
-    return {"wall": times, "cpu": cpu}, model, datamodule
 
 
 def timed_rounds(
     args: argparse.Namespace, common: list[str], out: Path
 ) -> tuple[list[dict[str, Any]], Any, Any]:
-    """`--rounds` rounds of: the suite's `experiments.train` (epoch times from `EpochTimer`), the plain PyTorch
-    loop, and the plain loop with a checkpoint per epoch. Returns (per-round epoch wall times under "suite",
-    "plain", "plain_ckpt" and their CPU seconds under the same keys + "_cpu", the plain loop's model, its
-    datamodule)."""
+    """`--rounds` rounds of: the suite's `experiments.train` with a plain epoch (with checkpoint) paired before
+    each of its epochs (`PairedPlainEpochs`), then the plain PyTorch loop alone, and alone with a checkpoint
+    per epoch. Returns (per-round epoch wall times under "suite", "paired_plain_ckpt", "plain", "plain_ckpt"
+    and their CPU seconds under the same keys + "_cpu", the plain loop's model, its datamodule)."""
+    from omegaconf import open_dict
+
     from experiments.train import train
 
     timer_file = out / "suite_epoch_times.json"
-    suite_overrides = [
-        *common,
-        f"logger={args.logger}",
-        "test=false",
-        "+callbacks.epoch_timer._target_=experiments.benchmarks.timers.EpochTimer",
-        f"+callbacks.epoch_timer.path={timer_file}",
-    ]
+    suite_overrides = [*common, f"logger={args.logger}", "test=false"]
     rounds = []
     for r in range(args.rounds):
         print(
-            f"== round {r + 1}/{args.rounds}, suite: python -m experiments.train {' '.join(suite_overrides)}",
+            f"== round {r + 1}/{args.rounds}, suite: python -m experiments.train {' '.join(suite_overrides)}, "
+            "each epoch paired with a plain epoch (with checkpoint) run just before it",
             flush=True,
         )
-        train(compose("train", suite_overrides, output_dir=out / f"suite_{r}"))
-        suite = json.loads(timer_file.read_text())
+        cfg = compose("train", suite_overrides, output_dir=out / f"suite_{r}")
+        with open_dict(cfg):
+            cfg.callbacks.paired_plain_epochs = {
+                "_target_": "experiments.benchmarks.vae.PairedPlainEpochs",
+                "path": str(timer_file),
+                "overrides": list(common),
+                "out": str(out / "paired"),
+            }
+        train(cfg)
+        paired = json.loads(timer_file.read_text())
         print(
-            f"== round {r + 1}/{args.rounds}, plain PyTorch loop (and again with a checkpoint per epoch)",
+            f"== round {r + 1}/{args.rounds}, plain PyTorch loop alone (and again with a checkpoint per epoch)",
             flush=True,
         )
         plain, plain_model, datamodule = plain_loop(common, args.epochs, out)
         plain_ckpt, _, _ = plain_loop(common, args.epochs, out, checkpoint=True)
-        sides = {"suite": suite, "plain": plain, "plain_ckpt": plain_ckpt}
+        sides = {
+            "suite": {"wall": paired["wall"], "cpu": paired["cpu"]},
+            "paired_plain_ckpt": {"wall": paired["plain_wall"], "cpu": paired["plain_cpu"]},
+            "plain": plain,
+            "plain_ckpt": plain_ckpt,
+        }
         rounds.append(
             {**{k: t["wall"] for k, t in sides.items()}, **{f"{k}_cpu": t["cpu"] for k, t in sides.items()}}
         )
@@ -169,7 +243,8 @@ def timed_rounds(
 def score_both(
     args: argparse.Namespace, common: list[str], out: Path, plain_model: Any, datamodule: Any
 ) -> tuple[dict[str, float], dict[str, float], bool]:
-    """(-ELBO and NLL of the suite's first-round weights, of the plain loop's, whether the weights are equal)."""
+    """(-ELBO and NLL of the suite's first-round weights, of the plain loop's, whether the weights of the suite,
+    the plain loop alone and the plain loop paired with the suite's epochs are all equal)."""
     cfg = compose("train", common, output_dir=out / "score")
     suite_model = hydra.utils.instantiate(cfg.model)
     state = torch.load(out / "suite_0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)[
@@ -179,9 +254,12 @@ def score_both(
     test_loader = datamodule.test_dataloader()
     suite_score = score(suite_model.net.eval(), test_loader, args.nll_samples)
     plain_score = score(plain_model.net.eval(), test_loader, args.nll_samples)
+    paired = torch.load(out / "paired" / "plain_last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     same = all(
-        torch.equal(a, b)
-        for a, b in zip(suite_model.state_dict().values(), plain_model.state_dict().values())
+        torch.equal(a, b) and torch.equal(a, c)
+        for a, b, c in zip(
+            suite_model.state_dict().values(), plain_model.state_dict().values(), paired.values()
+        )
     )
     return suite_score, plain_score, same
 
@@ -204,7 +282,25 @@ def epoch_statistics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "ratio_fastest": fastest["suite"] / fastest["plain_ckpt"],
         "ratio_vs_plain_without_checkpoint": ratio_no_ckpt,
         **cpu_statistics(rounds),
+        **paired_statistics(rounds),
     }
+
+
+def paired_statistics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """The headline: each suite epoch over the plain epoch (with checkpoint) run just before it in the same
+    process, epochs 2.. of every round; median and quartiles over all pairs, in wall and in CPU seconds."""
+    out: dict[str, Any] = {}
+    for unit, suffix in (("", ""), ("cpu_", "_cpu")):
+        pairs = [
+            a / b
+            for rd in rounds
+            for a, b in zip(rd[f"suite{suffix}"][1:], rd[f"paired_plain_ckpt{suffix}"][1:])
+        ]
+        q1, q2, q3 = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else (pairs[0],) * 3
+        out[f"paired_{unit}ratio"] = statistics.median(pairs)
+        out[f"paired_{unit}ratio_quartiles"] = [q1, q3]
+        out[f"paired_{unit}ratios"] = pairs
+    return out
 
 
 def cpu_statistics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -258,10 +354,18 @@ def print_summary(
         ],
         ("", "s / epoch", "test -ELBO (nats)", f"test NLL, K={args.nll_samples}"),
     )  # fmt: skip
+    q1, q3 = stats["paired_ratio_quartiles"]
+    c1, c3 = stats["paired_cpu_ratio_quartiles"]
+    print(
+        f"time ratio suite/plain at equal work, paired epochs (each suite epoch over the plain epoch with "
+        f"checkpoint run just before it; median of {len(stats['paired_ratios'])} pairs): "
+        f"{stats['paired_ratio']:.3f} (quartiles {q1:.3f}-{q3:.3f}; target <= 1.05); in CPU seconds "
+        f"{stats['paired_cpu_ratio']:.3f} ({c1:.3f}-{c3:.3f})"
+    )
     ratios = ", ".join(f"{x:.3f}" for x in stats["ratios"])
     print(
-        f"time ratio suite/plain at equal work (checkpoint per epoch): {stats['ratio']:.3f} "
-        f"(per round: {ratios}; target <= 1.05)"
+        f"time ratio suite/(plain loop alone, checkpoint per epoch), median of rounds: {stats['ratio']:.3f} "
+        f"(per round: {ratios})"
     )
     print(
         f"time ratio of the fastest epochs (least disturbed by other processes): {stats['ratio_fastest']:.3f} "
