@@ -51,7 +51,7 @@ def _launch(out: Path, name: str, overrides: list[str]) -> dict[str, float]:
     total = time.perf_counter() - t0
     if res.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{res.stderr[-3000:]}")
-    epochs = json.loads((run_dir / "epochs.json").read_text())["wall"]
+    epochs = json.loads((run_dir / "epochs.json").read_text())
     return {
         "startup_s": json.loads((run_dir / "startup.json").read_text())["startup_s"],
         "epoch_s": statistics.median(epochs[1:] or epochs),

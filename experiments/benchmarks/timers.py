@@ -11,29 +11,24 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
-from experiments.benchmarks.common import cpu_seconds
-
 
 class EpochTimer(Callback):
     """Wall time of each epoch as the user experiences it: from one epoch's start to the next one's (training,
-    validation, checkpointing, logging and progress bars included), and the CPU seconds of the same spans
-    (`common.cpu_seconds`: this process and its children, e.g. W&B's writer). Written to `path` as JSON at
-    the end: {"wall": [...], "cpu": [...]}."""
+    validation, checkpointing, logging and progress bars included). Written to `path` as JSON at the end."""
 
     def __init__(self, path: str):
         self.path = Path(path)
-        self.starts: list[tuple[float, float]] = []
+        self.starts: list[float] = []
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.starts.append((time.perf_counter(), cpu_seconds()))
+        self.starts.append(time.perf_counter())
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        ends = [*self.starts[1:], (time.perf_counter(), cpu_seconds())]
-        spans = [(e[0] - s[0], e[1] - s[1]) for s, e in zip(self.starts, ends)]
+        ends = [*self.starts[1:], time.perf_counter()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps({"wall": [w for w, _ in spans], "cpu": [c for _, c in spans]}))
+        self.path.write_text(json.dumps([e - s for s, e in zip(self.starts, ends)]))
 
 
 class StartupTimer(Callback):
