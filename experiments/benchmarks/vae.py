@@ -128,8 +128,8 @@ class PlainLoop:
 def plain_loop(
     overrides: list[str], epochs: int, out: Path, checkpoint: bool = False
 ) -> tuple[dict[str, list[float]], torch.nn.Module, object]:
-    """`PlainLoop` for `epochs` epochs. Returns the epochs' wall and CPU seconds ({"wall": [...], "cpu": [...]},
-    as `EpochTimer` writes them), the model and the datamodule."""
+    """`PlainLoop` for `epochs` epochs. Returns the epochs' wall and CPU seconds ({"wall": [...], "cpu": [...]}),
+    the model and the datamodule."""
     loop = PlainLoop(overrides, out, checkpoint)
     times, cpu = [], []
     for epoch in range(epochs):
