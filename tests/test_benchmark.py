@@ -52,6 +52,14 @@ def test_vae_benchmark_sides_are_the_same_computation(tmp_path, capsys):
     # start-up: a fresh `experiments.train ... debug=fdr` reached its first batch, after more than `import torch`
     assert res["startup"]["first_batch_s"] > res["startup"]["import_torch_s"] > 0
     assert "to its first training batch" in out
+    # Lightning's floor: a bare Trainer on the same loss, automatic and manual optimisation, same weights as the
+    # plain loop it is paired with (so the ratio compares equal work)
+    for mode in ("automatic", "manual"):
+        floor = res["lightning_floor"][mode]
+        assert floor["weights_identical"] is True and len(floor["wall"]) == len(floor["plain_wall"]) == 2
+        assert floor["ratios"] == [floor["wall"][1] / floor["plain_wall"][1]]
+        assert not (tmp_path / f"floor_{mode}" / "plain" / "plain_last.ckpt").exists()  # plain side: no ckpt
+    assert "Lightning's own floor" in out
 
 
 def test_cpu_seconds_counts_this_process_and_its_live_children():

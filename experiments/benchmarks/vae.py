@@ -56,6 +56,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--skip-startup", action="store_true", help="skip the start-up measurement (command to first batch)"
     )
     p.add_argument(
+        "--skip-floor",
+        action="store_true",
+        help="skip Lightning's floor (a bare pl.Trainer against the plain loop, automatic and manual optimisation)",
+    )
+    p.add_argument(
         "--output-dir",
         default=None,
         help="where the suite's run dir and the results go (default: a temp dir)",
@@ -147,10 +152,12 @@ class PairedPlainEpochs(pl.Callback):
     keeps its own global RNG states (swapped in and out around its epochs), so each side draws exactly the
     numbers it draws alone and both end with the weights of their separate runs. Suite epoch = from the end of
     its paired plain epoch to the next one's start (training, validation, checkpointing, logging, bars).
-    Writes {"wall", "cpu", "plain_wall", "plain_cpu"} to `path` as JSON at the end of training."""
+    Writes {"wall", "cpu", "plain_wall", "plain_cpu"} to `path` as JSON at the end of training. With
+    `checkpoint=False` the plain epochs write no checkpoint (the baseline of `lightning_floor`)."""
 
-    def __init__(self, path: str, overrides: list[str], out: str):
+    def __init__(self, path: str, overrides: list[str], out: str, checkpoint: bool = True):
         self.path, self.overrides, self.out = Path(path), list(overrides), Path(out)
+        self.checkpoint = checkpoint
         self.loop: PlainLoop | None = None
         self.plain_rng: dict[str, torch.Tensor] | None = None
         self.suite: list[tuple[float, float]] = []
@@ -168,7 +175,7 @@ class PairedPlainEpochs(pl.Callback):
         suite_rng = capture_rng_state()
         with torch.enable_grad():
             if self.loop is None:
-                self.loop = PlainLoop(self.overrides, self.out, checkpoint=True)  # seeds, as alone
+                self.loop = PlainLoop(self.overrides, self.out, self.checkpoint)  # seeds, as alone
             else:
                 restore_rng_state(self.plain_rng)
             wall, used, _ = self.loop.epoch(trainer.current_epoch)
@@ -190,6 +197,62 @@ class PairedPlainEpochs(pl.Callback):
                 }
             )
         )
+
+
+class BareVAE(pl.LightningModule):
+    """The suite's VAE behind the smallest LightningModule that trains it: the same loss, no logging, no
+    accumulated metrics, no figures. `manual` steps the optimizer in `training_step` (manual optimisation)
+    instead of Lightning's closure."""
+
+    def __init__(self, vae: pl.LightningModule, manual: bool = False):
+        super().__init__()
+        self.vae = vae
+        self.automatic_optimization = not manual
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.vae.configure_optimizers()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        recon, kl = self.vae.loss_terms(batch[0])
+        loss = (recon + self.vae.hparams.beta * kl).mean()
+        if self.automatic_optimization:
+            return loss
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        optimizer.step()
+        return None
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        recon, kl = self.vae.loss_terms(batch[0])
+        return (recon + kl).mean()
+
+
+def lightning_floor(common: list[str], epochs: int, out: Path, manual: bool = False) -> dict[str, Any]:
+    """Lightning's own cost on this model: `BareVAE` in a bare `pl.Trainer` (no logger, checkpointing,
+    progress bar, model summary or sanity check), each epoch paired with a plain epoch without checkpoint run
+    just before it (`PairedPlainEpochs`). Returns the epoch times of both sides, the median and quartiles of
+    the pairs' ratios (epochs 2..) and whether both ended with the same weights."""
+    cfg = compose("train", common, output_dir=out / "suite")
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = hydra.utils.instantiate(cfg.data)
+    model = BareVAE(hydra.utils.instantiate(cfg.model), manual=manual)
+    paired = PairedPlainEpochs(str(out / "epoch_times.json"), common, str(out / "plain"), checkpoint=False)
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=[paired],
+    )  # fmt: skip
+    trainer.fit(model, datamodule=datamodule)
+    times = json.loads(paired.path.read_text())
+    pairs = [a / b for a, b in zip(times["wall"], times["plain_wall"])]
+    pairs = pairs[1:] or pairs
+    q1, q3 = (statistics.quantiles(pairs, n=4)[::2]) if len(pairs) > 1 else (pairs[0], pairs[0])
+    plain_state = paired.loop.model.state_dict().values()
+    same = all(torch.equal(a, b) for a, b in zip(model.vae.state_dict().values(), plain_state))
+    return {
+        "wall": times["wall"], "plain_wall": times["plain_wall"], "ratio": statistics.median(pairs),
+        "ratio_quartiles": [q1, q3], "ratios": pairs, "weights_identical": same,
+    }  # fmt: skip
 
 
 def timed_rounds(
@@ -395,6 +458,22 @@ def run(args: argparse.Namespace) -> int:
             f"batch {startup['first_batch_s']:.2f} s; `python -c \"import torch\"` {startup['import_torch_s']:.2f} s "
             f"({startup['first_batch_s'] / startup['import_torch_s']:.1f}x)"
         )
+    floor = None
+    if not args.skip_floor:
+        floor = {
+            mode: lightning_floor(common, args.epochs, out / f"floor_{mode}", manual=mode == "manual")
+            for mode in ("automatic", "manual")
+        }
+        print(
+            "Lightning's own floor (a bare pl.Trainer: no logger, checkpoint, progress bar; the same loss in a "
+            "minimal LightningModule) over the plain loop without checkpoint, paired epochs: "
+            + "; ".join(
+                f"{mode} optimisation {f['ratio']:.3f} (quartiles {f['ratio_quartiles'][0]:.3f}-"
+                f"{f['ratio_quartiles'][1]:.3f}, {len(f['ratios'])} pairs, weights bit-identical: "
+                f"{f['weights_identical']})"
+                for mode, f in floor.items()
+            )
+        )
     write_results(
         out / "benchmark_vae.json",
         {
@@ -405,6 +484,7 @@ def run(args: argparse.Namespace) -> int:
             "delta_elbo": suite_score["test_elbo"] - plain_score["test_elbo"],
             "weights_identical": same,
             "startup": startup,
+            "lightning_floor": floor,
             "epochs": args.epochs,
             "logger": args.logger,
         },
