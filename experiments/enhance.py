@@ -53,6 +53,7 @@ from data.image_folder import (
 from data.images import ImageReadError
 from runtime.checkpoints import model_class_path, model_from_checkpoint
 from runtime.cli import entry_point
+from runtime.cpu_features import slow_bf16_warning
 from runtime.run import Run, log
 
 MODEL_OPTIONS = ("nrn_chunk_pixels", "inference_resize", "inference_bf16")  # enhance.yaml keys for `set_inference_options`
@@ -242,6 +243,11 @@ def enhance(cfg: DictConfig) -> dict[str, Any]:
     run = Run(cfg, "enhance")
     try:
         model.to(device).eval()
+        options = model.inference_options() if callable(getattr(model, "inference_options", None)) else {}
+        bf16 = bool(options.get("inference_bf16"))
+        slow = bf16 and slow_bf16_warning("inference_bf16=true", "inference_bf16=false", device)
+        if slow:
+            log.warning(slow)
         if callable(getattr(model, "for_inference", None)):
             model.for_inference()  # NeRCo: channels-last weights and images (nerco_inference)
         written = run_plan(model, plan, device, cfg)

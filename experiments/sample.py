@@ -39,6 +39,7 @@ from lit_modules.metrics.speckle import background_speckle_pct
 from runtime.checkpoints import model_from_checkpoint
 from runtime.cli import entry_point
 from runtime.config_checks import check_config
+from runtime.cpu_features import slow_bf16_warning
 from runtime.run import Run, log
 from runtime.sweeps import run_job
 
@@ -197,6 +198,9 @@ def sample(cfg: DictConfig) -> dict[str, float]:
         run.info["checkpoint"] = {"path": str(cfg.ckpt_path), "experiment": suite.get("experiment")}
         device = pick_device(cfg.device)
         model.to(device)
+        slow = slow_bf16_warning("bf16=true", "bf16=false", device) if cfg.bf16 else None
+        if slow:
+            log.warning(slow)
         n, seed = int(cfg.num_samples), int(cfg.seed)
         seeds = list(range(seed, seed + n))
         labels = class_labels(model, n, request.get("class_label"))

@@ -20,6 +20,7 @@ from pytorch_lightning.utilities import rank_zero_only
 from runtime import results, slurm
 from runtime import run_dir as rd
 from runtime.checkpoints import sweep_temporary_files
+from runtime.cpu_features import slow_bf16_warning
 from runtime.summary import console_metrics, print_summary
 from runtime.tracking import ImageFileLogger, wandb_run_info
 
@@ -263,6 +264,11 @@ class Run:
         log.info("Instantiating trainer <%s>", self.cfg.trainer._target_)
         trainer = hydra.utils.instantiate(self.cfg.trainer, callbacks=callbacks, logger=loggers)
         self.info["device"] = rd.device_info(trainer)
+        if "bf16" in str(trainer.precision) and is_rank_zero():
+            setting, device = f"trainer.precision={trainer.precision}", trainer.strategy.root_device
+            slow = slow_bf16_warning(setting, "trainer.precision=32-true", device)
+            if slow:
+                log.warning(slow)
         config = resolved_config(self.cfg)
         for lg in trainer.loggers:
             lg.log_hyperparams(config)

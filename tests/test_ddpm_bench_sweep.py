@@ -69,6 +69,8 @@ def test_ddpm_benchmark_runs(ckpt, tmp_path, capsys):
         "ddim:2",
         "--fid-samplers",
         "",
+        "--bf16",
+        "on",
         "--output-dir",
         str(tmp_path),
     ]
@@ -76,4 +78,5 @@ def test_ddpm_benchmark_runs(ckpt, tmp_path, capsys):
     res = json.loads((tmp_path / "benchmark_ddpm.json").read_text())
     assert abs(res["params"]["diffusers"] - res["params"]["suite"]) / res["params"]["suite"] <= 0.10
     assert res["train_ratio"] > 0 and res["train_ratio_bf16"] > 0 and res["samples_per_second"]["ddim-2"] > 0
+    assert res["bf16_skipped"] is None and res["cpu_capability"]
     assert "training-step time ratio suite/diffusers" in capsys.readouterr().out

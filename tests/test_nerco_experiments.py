@@ -186,7 +186,7 @@ def test_benchmark_runs_with_tiny_sizes(tmp_path, capsys):
     from experiments.benchmark import main
 
     code = main(["nerco", "--size", "32", "--text-arch", "tiny", "--sizes", "24x16", "--chunks", "0", "64",
-                 "--output-dir", str(tmp_path)])  # fmt: skip
+                 "--bf16", "on", "--output-dir", str(tmp_path)])  # fmt: skip
     assert code == 0
     body = json.loads((tmp_path / "benchmark_nerco.json").read_text())
     train = body["results"]

@@ -136,7 +136,7 @@ def test_enhance_command_passes_the_bf16_option():
 def test_benchmark_inference_runs_end_to_end(tmp_path, capsys):
     from experiments.benchmark import main
 
-    args = ["nerco", "--quick", "--chunks", "0", "--no-released-full", "--threads", "1"]
+    args = ["nerco", "--quick", "--chunks", "0", "--no-released-full", "--threads", "1", "--bf16", "on"]
     args += ["--output-dir", str(tmp_path)]
     assert main(args) == 0
     res = json.loads((tmp_path / "benchmark_nerco.json").read_text())

@@ -64,3 +64,28 @@ def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
 def write_results(path: Path, results: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+def add_bf16_argument(p: Any) -> None:
+    p.add_argument(
+        "--bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the bf16-autocast rows: auto skips them on a CPU without bf16 kernels (20-60x slower there)",
+    )
+
+
+def bf16_rows_skipped(setting: str) -> str | None:
+    """Why the bf16 rows are left out (`--bf16 off`, or `auto` on a CPU without bf16 kernels), else None."""
+    if setting == "off":
+        return "--bf16 off"
+    import torch
+
+    from runtime.cpu_features import bf16_matmul_slowdown, cpu_bf16_native
+
+    if setting == "auto" and not cpu_bf16_native():
+        return (
+            f"this CPU has no bf16 kernels (torch capability {torch.backends.cpu.get_cpu_capability()}): "
+            f"a bf16 matmul is {bf16_matmul_slowdown():.0f}x slower than fp32 here; --bf16 on times them anyway"
+        )
+    return None

@@ -22,7 +22,7 @@ from typing import Any
 import hydra
 import torch
 
-from experiments.benchmarks.common import print_table, write_results
+from experiments.benchmarks.common import add_bf16_argument, bf16_rows_skipped, print_table, write_results
 from runtime.config import compose
 
 
@@ -47,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="ancestral:1000,ddim:50,dpmpp_2m:20",
         help="sampler:steps list for the samples-per-second part",
     )
+    add_bf16_argument(p)
     p.add_argument("--skip-speed", action="store_true", help="skip parts 1 and 2")
     p.add_argument(
         "--compile", action="store_true", help="also time the suite's UNet under torch.compile (minutes to compile)"
@@ -161,9 +162,9 @@ def _compiled(net: torch.nn.Module) -> torch.nn.Module | None:
     return compiled
 
 
-def _twins(cfg: Any, compile_net: bool) -> dict[str, tuple[torch.nn.Module, Any]]:
-    """The suite's UNet and diffusers' twin in fp32 and under bf16 autocast (each its own copy and optimizer),
-    and optionally the suite's UNet under torch.compile; parameter counts checked within 10 %."""
+def _twins(cfg: Any, compile_net: bool, bf16: bool = True) -> dict[str, tuple[torch.nn.Module, Any]]:
+    """The suite's UNet and diffusers' twin in fp32 and (with `bf16`) under bf16 autocast (each its own copy
+    and optimizer), and optionally the suite's UNet under torch.compile; parameter counts checked within 10 %."""
     import copy
 
     torch.manual_seed(0)
@@ -179,9 +180,10 @@ def _twins(cfg: Any, compile_net: bool) -> dict[str, tuple[torch.nn.Module, Any]
     models = {
         "suite UNet": (ours, lambda m, x, t: m(x, t)),
         "diffusers UNet2DModel": (theirs, lambda m, x, t: m(x, t).sample),
-        "suite UNet, bf16 autocast": (copy.deepcopy(ours), _bf16_call),
-        "diffusers UNet2DModel, bf16 autocast": (copy.deepcopy(theirs), _diffusers_bf16_call),
     }
+    if bf16:
+        models["suite UNet, bf16 autocast"] = (copy.deepcopy(ours), _bf16_call)
+        models["diffusers UNet2DModel, bf16 autocast"] = (copy.deepcopy(theirs), _diffusers_bf16_call)
     if compile_net:
         compiled = _compiled(copy.deepcopy(ours))
         if compiled is not None:
@@ -192,18 +194,26 @@ def _twins(cfg: Any, compile_net: bool) -> dict[str, tuple[torch.nn.Module, Any]
 def training_step_part(cfg: Any, args: argparse.Namespace) -> tuple[dict[str, Any], torch.nn.Module]:
     """Part 1: the suite's UNet against its diffusers twin, fp32 and bf16 autocast (and torch.compile with
     `--compile`), alternating `--rounds` times; ratios, and GFLOP/s against this CPU's measured matmul peak."""
-    models = _twins(cfg, args.compile)
+    bf16_skipped = bf16_rows_skipped(args.bf16)
+    if bf16_skipped:
+        print(f"bf16 autocast rows skipped: {bf16_skipped}")
+    models = _twins(cfg, args.compile, bf16=bf16_skipped is None)
     ours, theirs = models["suite UNet"][0], models["diffusers UNet2DModel"][0]
     shape = (ours.in_channels, ours.image_size, ours.image_size)
     flops = {
         side: training_step_flops(*models[name], args.batch, shape)
         for side, name in (("suite", "suite UNet"), ("diffusers", "diffusers UNet2DModel"))
     }
-    peak = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+    peak = {"fp32": matmul_peak_gflops(torch.float32)}
+    if not bf16_skipped:
+        peak["bf16"] = matmul_peak_gflops(torch.bfloat16)
     times = time_training(models, args.batch, args.steps, args.rounds)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["suite UNet"] / med["diffusers UNet2DModel"]
-    ratio_bf16 = med["suite UNet, bf16 autocast"] / med["diffusers UNet2DModel, bf16 autocast"]
+    ratio_bf16 = (
+        None if bf16_skipped else med["suite UNet, bf16 autocast"] / med["diffusers UNet2DModel, bf16 autocast"]
+    )
+    bf16_speedup = None if bf16_skipped else med["suite UNet"] / med["suite UNet, bf16 autocast"]
     rows = []
     for name, sec in med.items():
         side = "diffusers" if name.startswith("diffusers") else "suite"
@@ -218,10 +228,14 @@ def training_step_part(cfg: Any, args: argparse.Namespace) -> tuple[dict[str, An
         ("model", f"ms / training step (batch {args.batch})", "parameters", "GFLOP / step", "GFLOP/s",
          "of measured matmul peak"),
     )  # fmt: skip
+    bf16_part = (
+        "bf16 autocast not timed"
+        if bf16_skipped
+        else f"bf16 autocast {ratio_bf16:.3f} (target <= 0.8); suite fp32/bf16: {bf16_speedup:.2f}x"
+    )
     print(
-        f"training-step time ratio suite/diffusers: fp32 {ratio:.3f}, bf16 autocast {ratio_bf16:.3f} "
-        f"(target <= 0.8); suite fp32/bf16: {med['suite UNet'] / med['suite UNet, bf16 autocast']:.2f}x; "
-        f"{torch.get_num_threads()} threads"
+        f"training-step time ratio suite/diffusers: fp32 {ratio:.3f} (target <= 0.8), {bf16_part}; "
+        f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}"
     )
     if "suite UNet, torch.compile" in med:
         print(f"torch.compile gain: {med['suite UNet'] / med['suite UNet, torch.compile']:.2f}x over eager fp32")
@@ -230,7 +244,9 @@ def training_step_part(cfg: Any, args: argparse.Namespace) -> tuple[dict[str, An
         "train_step_s": med,
         "train_ratio": ratio,
         "train_ratio_bf16": ratio_bf16,
-        "bf16_speedup": med["suite UNet"] / med["suite UNet, bf16 autocast"],
+        "bf16_speedup": bf16_speedup,
+        "bf16_skipped": bf16_skipped,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "flops_per_step": flops,
         "matmul_peak_gflops": peak,
     }

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments.benchmarks.common import print_table, write_results
+from experiments.benchmarks.common import add_bf16_argument, bf16_rows_skipped, print_table, write_results
 
 
 def _rss_mb() -> float:
@@ -119,10 +119,14 @@ RELEASED = "released"
 
 
 def infer_rows(
-    chunks: list[int], full_forward: bool, default_chunk: int | None, threads: list[int] | None = None
+    chunks: list[int],
+    full_forward: bool,
+    default_chunk: int | None,
+    threads: list[int] | None = None,
+    bf16: bool = True,
 ) -> list[dict[str, Any]]:
     """The inference rows of one size; the first is the baseline. `threads`: extra rows of the released and
-    the suite-default paths under torch.set_num_threads(t) (not a suite default)."""
+    the suite-default paths under torch.set_num_threads(t) (not a suite default); `bf16`: the bf16 row."""
     rows = [{"key": RELEASED, "label": "released, literal (NRN 4 terms, fp32, one pass)"}]
     if full_forward:
         rows.append(
@@ -131,7 +135,9 @@ def infer_rows(
     rows.append(
         {"key": "suite", "label": f"suite defaults (1 term, chunk {default_chunk}, fp32)", "chunk": None}
     )
-    rows.append({"key": "suite_bf16", "label": "suite defaults + bf16 autocast", "chunk": None, "bf16": True})
+    if bf16:
+        label = "suite defaults + bf16 autocast"
+        rows.append({"key": "suite_bf16", "label": label, "chunk": None, "bf16": True})
     rows.append({"key": "suite_nchw", "label": "suite defaults, channel-first (no for_inference)", "chunk": None})
     for c in chunks:
         if (c or None) != default_chunk:
@@ -363,6 +369,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quick", action="store_true", help="inference only, at 96x64 (a smoke test of the whole benchmark)"
     )
+    add_bf16_argument(p)
     p.add_argument("--output-dir", default=None, help="where benchmark_nerco.json goes (default: a temp dir)")
 
 
@@ -385,7 +392,8 @@ def _infer_size(size: str, args: argparse.Namespace, out: Path) -> list[dict[str
     default_chunk, resize = suite_defaults()
     w, h = size.split("x")
     rows = []
-    for spec in infer_rows(args.chunks, args.released_full, default_chunk, args.threads):
+    with_bf16 = args.bf16_skipped is None
+    for spec in infer_rows(args.chunks, args.released_full, default_chunk, args.threads, with_bf16):
         chunk = default_chunk if spec.get("chunk") is None else (spec["chunk"] or None)
         npy = str(out / f"output_{size}_{spec['key']}.npy")
         bf16 = str(int(spec.get("bf16", False)))
@@ -462,6 +470,9 @@ def run(args: argparse.Namespace) -> int:
             results.append(_spawn(["train", v, str(args.size), str(args.steps), args.text_arch]))
             print(json.dumps(results[-1]), flush=True)
     inference: dict[str, list[dict[str, Any]]] = {}
+    args.bf16_skipped = bf16_rows_skipped(args.bf16) if "infer" in args.what else None
+    if args.bf16_skipped:
+        print(f"bf16 autocast row skipped: {args.bf16_skipped}")
     if "infer" in args.what:
         for s in args.sizes:
             inference[s] = _infer_size(s, args, out)
@@ -513,6 +524,7 @@ def run(args: argparse.Namespace) -> int:
             "image": "skimage astronaut, PIL bicubic to each size, x0.25, released_input",
             "load_before": load_before,
             "load_after": load_after,
+            "bf16_skipped": args.bf16_skipped,
         },
     )
     print(f"Results: {out / 'benchmark_nerco.json'}")
