@@ -245,7 +245,7 @@ def enhance(cfg: DictConfig) -> dict[str, Any]:
         model.to(device).eval()
         options = model.inference_options() if callable(getattr(model, "inference_options", None)) else {}
         bf16 = bool(options.get("inference_bf16"))
-        slow = bf16 and slow_bf16_warning("inference_bf16=true", "inference_bf16=false", device)
+        slow = slow_bf16_warning("inference_bf16=true", "inference_bf16=false", device) if bf16 else None
         if slow:
             log.warning(slow)
         if callable(getattr(model, "for_inference", None)):

@@ -246,12 +246,12 @@ def lightning_floor(common: list[str], epochs: int, out: Path, manual: bool = Fa
     times = json.loads(paired.path.read_text())
     pairs = [a / b for a, b in zip(times["wall"], times["plain_wall"])]
     pairs = pairs[1:] or pairs
-    q1, q3 = (statistics.quantiles(pairs, n=4)[::2]) if len(pairs) > 1 else (pairs[0], pairs[0])
+    median, quartiles = median_quartiles(pairs)
     plain_state = paired.loop.model.state_dict().values()
     same = all(torch.equal(a, b) for a, b in zip(model.vae.state_dict().values(), plain_state))
     return {
-        "wall": times["wall"], "plain_wall": times["plain_wall"], "ratio": statistics.median(pairs),
-        "ratio_quartiles": [q1, q3], "ratios": pairs, "weights_identical": same,
+        "wall": times["wall"], "plain_wall": times["plain_wall"], "ratio": median,
+        "ratio_quartiles": quartiles, "ratios": pairs, "weights_identical": same,
     }  # fmt: skip
 
 
@@ -359,11 +359,15 @@ def paired_statistics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
             for rd in rounds
             for a, b in zip(rd[f"suite{suffix}"][1:], rd[f"paired_plain_ckpt{suffix}"][1:])
         ]
-        q1, q2, q3 = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else (pairs[0],) * 3
-        out[f"paired_{unit}ratio"] = statistics.median(pairs)
-        out[f"paired_{unit}ratio_quartiles"] = [q1, q3]
+        out[f"paired_{unit}ratio"], out[f"paired_{unit}ratio_quartiles"] = median_quartiles(pairs)
         out[f"paired_{unit}ratios"] = pairs
     return out
+
+
+def median_quartiles(pairs: list[float]) -> tuple[float, list[float]]:
+    """The median of paired ratios and their first and third quartiles (all the one value for one pair)."""
+    q1, _, q3 = statistics.quantiles(pairs, n=4) if len(pairs) > 1 else (pairs[0],) * 3
+    return statistics.median(pairs), [q1, q3]
 
 
 def cpu_statistics(rounds: list[dict[str, Any]]) -> dict[str, Any]:
