@@ -62,6 +62,8 @@ def runs(tmp_path_factory):
                 *SHORT,
                 "+callbacks.probe._target_=tests.test_ddpm.WeightProbe",
                 f"+callbacks.probe.path={probe}",
+                # the conditional run trains, checkpoints and samples with the channels-last layout
+                *(["model.net.channels_last=true"] if name == "ddpm_mnist_cfg" else []),
             ],
             output_dir=run_dir,
         )
@@ -316,8 +318,15 @@ def test_upsampling_as_one_transposed_convolution_equals_nearest_then_conv3x3():
     from lit_modules.nets.unet import Upsample, nearest_up_conv3x3
 
     g = torch.Generator().manual_seed(0)
-    for shape in ((2, 8, 7, 7), (1, 4, 5, 6)):
-        x = torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+    for shape, layout in (
+        ((2, 8, 7, 7), torch.contiguous_format),
+        ((1, 4, 5, 6), torch.contiguous_format),
+        # the channels-last path, with its own kernel gradient (_UpConvTranspose)
+        ((2, 8, 7, 7), torch.channels_last),
+        ((1, 4, 5, 6), torch.channels_last),
+    ):
+        x = torch.randn(*shape, generator=g, dtype=torch.float64).contiguous(memory_format=layout)
+        x.requires_grad_(True)
         w = torch.randn(shape[1], shape[1], 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
         b = torch.randn(shape[1], generator=g, dtype=torch.float64, requires_grad=True)
         ref = F.conv2d(F.interpolate(x, scale_factor=2.0, mode="nearest"), w, b, padding=1)
@@ -333,6 +342,50 @@ def test_upsampling_as_one_transposed_convolution_equals_nearest_then_conv3x3():
     x = torch.randn(1, 4, 3, 3, generator=g, dtype=torch.float64)
     ref = layer.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
     torch.testing.assert_close(layer(x), ref, rtol=0, atol=1e-12)
+
+
+def test_channels_last_unet_is_the_same_function_with_the_same_gradients():
+    """`channels_last=True` only lays the net out differently: same state_dict keys, the same outputs (returned
+    channel-first) and parameter gradients as the default layout, through every layer kind it reroutes (1x1 skip
+    convolutions and attention projections as matrix products, the upsampling's kernel gradient)."""
+    kwargs = dict(
+        image_size=28, base_channels=8, channel_mults=(1, 2, 2), num_res_blocks=1,
+        attention_resolutions=(7, 14), attention_heads=2, groups=4, num_classes=3, dropout=0.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    ref = UNet(**kwargs).double()  # float64: equal to rounding, so a wrong index or stride cannot hide
+    for p in ref.parameters():  # zero-initialised output convs would hide their inputs' gradients
+        torch.nn.init.normal_(p, std=0.1)
+    net = UNet(**kwargs, channels_last=True).double()
+    assert list(net.state_dict()) == list(ref.state_dict())
+    net.load_state_dict(ref.state_dict())
+    conv = net.down[0].conv1.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(3, 1, 28, 28, generator=g, dtype=torch.float64), torch.tensor([0, 2, 3])
+    t, up = torch.tensor([0, 500, 999]), torch.randn(3, 1, 28, 28, generator=g, dtype=torch.float64)
+    out_ref, out = ref(x, t, y), net(x, t, y)
+    assert out.is_contiguous() and out.shape == x.shape
+    torch.testing.assert_close(out, out_ref, rtol=0, atol=1e-12)
+    (out_ref * up).sum().backward()
+    (out * up).sum().backward()
+    for (name, a), b in zip(net.named_parameters(), ref.parameters()):
+        scale = b.grad.abs().max().item()
+        assert scale > 0 and (a.grad - b.grad).abs().max().item() <= 1e-10 * scale, name
+    ref_state = ref.state_dict()
+    ref32, net32 = ref.float().eval(), net.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast keeps torch's transposed-conv gradient
+        a, b = ref32(x.float(), t, y), net32(x.float(), t, y)
+    assert b.dtype == torch.bfloat16 and (a.float() - b.float()).abs().max() <= 0.02 * a.abs().max()
+    net32.zero_grad()
+    b.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net32.parameters())
+    net.double().load_state_dict(ref_state)
+    ref.double().load_state_dict(ref_state)
+    with pytest.raises(AssertionError):  # the comparison can fail: a perturbed weight changes the output
+        with torch.no_grad():
+            net.up[-1].skip.weight.add_(0.1)
+        torch.testing.assert_close(net(x, t, y), out_ref, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("warmup", [True, False])

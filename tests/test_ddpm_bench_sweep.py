@@ -79,4 +79,7 @@ def test_ddpm_benchmark_runs(ckpt, tmp_path, capsys):
     assert abs(res["params"]["diffusers"] - res["params"]["suite"]) / res["params"]["suite"] <= 0.10
     assert res["train_ratio"] > 0 and res["train_ratio_bf16"] > 0 and res["samples_per_second"]["ddim-2"] > 0
     assert res["bf16_skipped"] is None and res["cpu_capability"]
-    assert "training-step time ratio suite/diffusers" in capsys.readouterr().out
+    assert res["train_ratio_channels_last"] > 0 and res["train_ratio_channels_last_both"] > 0
+    assert {"suite UNet, channels_last", "diffusers UNet2DModel, channels_last"} <= set(res["train_step_s"])
+    out = capsys.readouterr().out
+    assert "training-step time ratio suite/diffusers" in out and "fp32 channels-last: suite" in out

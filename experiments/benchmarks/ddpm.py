@@ -177,9 +177,19 @@ def _twins(cfg: Any, compile_net: bool, bf16: bool = True) -> dict[str, tuple[to
         raise RuntimeError(
             f"the diffusers twin has {rel:.1%} more/fewer parameters than the suite UNet (> 10 %)"
         )
+    ours_cl = hydra.utils.instantiate(cfg.model.net, channels_last=True)
+    ours_cl.load_state_dict(ours.state_dict())
     models = {
         "suite UNet": (ours, lambda m, x, t: m(x, t)),
         "diffusers UNet2DModel": (theirs, lambda m, x, t: m(x, t).sample),
+        # fp32 on CPU, both nets laid out channels-last (the suite's `model.net.channels_last=true`; diffusers'
+        # the same way, `.to(memory_format=torch.channels_last)` and channels-last inputs), so each is compared
+        # against the other's default and like for like
+        "suite UNet, channels_last": (ours_cl, lambda m, x, t: m(x, t)),
+        "diffusers UNet2DModel, channels_last": (
+            copy.deepcopy(theirs).to(memory_format=torch.channels_last),
+            lambda m, x, t: m(x.contiguous(memory_format=torch.channels_last), t).sample,
+        ),
     }
     if bf16:
         models["suite UNet, bf16 autocast"] = (copy.deepcopy(ours), _bf16_call)
@@ -214,6 +224,8 @@ def training_step_part(cfg: Any, args: argparse.Namespace) -> tuple[dict[str, An
         None if bf16_skipped else med["suite UNet, bf16 autocast"] / med["diffusers UNet2DModel, bf16 autocast"]
     )
     bf16_speedup = None if bf16_skipped else med["suite UNet"] / med["suite UNet, bf16 autocast"]
+    ratio_cl = med["suite UNet, channels_last"] / med["diffusers UNet2DModel"]
+    ratio_cl_both = med["suite UNet, channels_last"] / med["diffusers UNet2DModel, channels_last"]
     rows = []
     for name, sec in med.items():
         side = "diffusers" if name.startswith("diffusers") else "suite"
@@ -237,6 +249,10 @@ def training_step_part(cfg: Any, args: argparse.Namespace) -> tuple[dict[str, An
         f"training-step time ratio suite/diffusers: fp32 {ratio:.3f} (target <= 0.8), {bf16_part}; "
         f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}"
     )
+    print(
+        f"fp32 channels-last: suite (model.net.channels_last=true) / diffusers default {ratio_cl:.3f} "
+        f"(target <= 0.8); both channels-last {ratio_cl_both:.3f}"
+    )
     if "suite UNet, torch.compile" in med:
         print(f"torch.compile gain: {med['suite UNet'] / med['suite UNet, torch.compile']:.2f}x over eager fp32")
     results = {
@@ -244,6 +260,8 @@ def training_step_part(cfg: Any, args: argparse.Namespace) -> tuple[dict[str, An
         "train_step_s": med,
         "train_ratio": ratio,
         "train_ratio_bf16": ratio_bf16,
+        "train_ratio_channels_last": ratio_cl,
+        "train_ratio_channels_last_both": ratio_cl_both,
         "bf16_speedup": bf16_speedup,
         "bf16_skipped": bf16_skipped,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lit_modules.nets.norms import is_channels_last
+
 
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """Transformer position encoding of the timestep (Vaswani et al. 2017, sec. 3.5), as DDPM's
@@ -45,6 +47,15 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
+def conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) for a 1x1 convolution; on channels-last x, the same map as one matrix product over the B*H*W
+    pixels (x viewed as (B, H, W, C) @ W^T + b), with no layout reorder (faster than oneDNN's 1x1 path there)."""
+    if not is_channels_last(x):
+        return conv(x)
+    out = F.linear(x.permute(0, 2, 3, 1), conv.weight.view(conv.out_channels, conv.in_channels), conv.bias)
+    return out.permute(0, 3, 1, 2)
+
+
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv3x3 -> + emb shift -> GroupNorm -> SiLU -> dropout -> conv3x3 (zero init), + skip."""
 
@@ -62,7 +73,7 @@ class ResBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.emb(F.silu(emb))[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return self.skip(x) + h
+        return (conv1x1(self.skip, x) if isinstance(self.skip, nn.Conv2d) else x) + h
 
 
 class SelfAttention(nn.Module):
@@ -79,6 +90,14 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
+        if is_channels_last(x):
+            # (B, H, W, C) in memory: the 1x1 convolutions are matrix products over the pixels
+            pixels = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
+            qkv = F.linear(pixels, self.qkv.weight.view(3 * c, c), self.qkv.bias)
+            q, k, v = qkv.view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
+            out = F.linear(out, self.proj.weight.view(c, c), self.proj.bias)
+            return x + out.view(b, h, w, c).permute(0, 3, 1, 2)
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
         # (B, heads, HW, head_dim) for scaled_dot_product_attention
         out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
@@ -101,11 +120,40 @@ class Downsample(nn.Module):
 _NEAREST_UP_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
 
 
+class _UpConvTranspose(torch.autograd.Function):
+    """conv_transpose2d(x, kernel, bias, stride=2, padding=1) whose kernel gradient is taken as the weight
+    gradient of the adjoint convolution conv2d(gy, kernel, stride=2, padding=1) with x as its output gradient
+    (the same sum, dK[i,o,k,l] = sum_{b,p,q} x[b,i,p,q] gy[b,o,2p+k-1,2q+l-1]). On channels-last data oneDNN's
+    transposed-convolution weight gradient took 6.5 ms here where the convolution's took 3.0 ms (64 channels,
+    14 -> 28, batch 32); the forward and the input gradient are the ones autograd would use."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, kernel)
+        ctx.has_bias = bias is not None
+        return F.conv_transpose2d(x, kernel, bias, stride=2, padding=1)
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor):
+        x, kernel = ctx.saved_tensors
+        gx = gk = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = F.conv2d(gy, kernel, None, stride=2, padding=1)
+        if ctx.needs_input_grad[1]:
+            gk = torch.nn.grad.conv2d_weight(gy, kernel.shape, x, stride=2, padding=1)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = gy.sum((0, 2, 3))
+        return gx, gk, gb
+
+
 def nearest_up_conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """conv3x3(nearest_upsample_x2(x), weight, bias, padding=1), computed as one transposed convolution on x's
-    grid (equal up to float rounding; ~2.3x faster forward + backward on CPU at 64 channels)."""
+    grid (equal up to float rounding; ~2.3x faster forward + backward on CPU at 64 channels). On channels-last x
+    outside autocast, the kernel is channels-last too and its gradient comes from `_UpConvTranspose`."""
     m = torch.tensor(_NEAREST_UP_TAPS, dtype=weight.dtype, device=weight.device)
     kernel = torch.einsum("ka,oiab,lb->iokl", m, weight, m)  # (in, out, 4, 4), conv_transpose2d's layout
+    if is_channels_last(x) and not torch.is_autocast_enabled(x.device.type):
+        return _UpConvTranspose.apply(x, kernel.contiguous(memory_format=torch.channels_last), bias)
     return F.conv_transpose2d(x, kernel, bias, stride=2, padding=1)
 
 
@@ -153,6 +201,9 @@ class UNet(nn.Module):
 
     `image_size` must be divisible by 2^(len(channel_mults) - 1): 28 works with 3 levels (28, 14, 7), 32 with
     up to 4 (32, 16, 8, 4). `attention_resolutions` lists feature-map sizes (e.g. [7] or [14]).
+    `channels_last` lays weights and activations out channels-last (same function and state_dict; the output
+    is returned channel-first): on a CPU in fp32, oneDNN's convolutions then skip their per-call reorders
+    (docs/benchmarks.md has the measured step times); under bf16 autocast on CPU it was slower.
     """
 
     def __init__(
@@ -168,6 +219,7 @@ class UNet(nn.Module):
         dropout: float = 0.1,
         num_classes: int | None = None,
         groups: int = 8,
+        channels_last: bool = False,
     ):
         super().__init__()
         resolutions = check_layout(image_size, base_channels, channel_mults, attention_resolutions, groups)
@@ -196,6 +248,9 @@ class UNet(nn.Module):
         self.up, ch = self._up_path(block, attention, resolutions, skips)
         self.norm_out = nn.GroupNorm(groups, ch)
         self.conv_out = zero_init(nn.Conv2d(ch, out_channels or in_channels, 3, padding=1))
+        self.channels_last = channels_last
+        if channels_last:  # same function and state_dict; weights and activations laid out (.., H, W, C)
+            self.to(memory_format=torch.channels_last)
 
     def _down_path(self, block, attention, resolutions: list[int]) -> tuple[nn.ModuleList, list[int]]:
         """The encoder's layers and the channel count of every skip connection it leaves (conv_in's first)."""
@@ -237,13 +292,15 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        emb = self.time_mlp(sinusoidal_embedding(t, self.base_channels))
+        emb = self.time_mlp(sinusoidal_embedding(t, self.base_channels).to(self.time_mlp[0].weight.dtype))
         if self.class_emb is not None:
             if y is None:  # unconditional evaluation of a conditional model: the null class
                 y = torch.full((x.shape[0],), self.num_classes, device=x.device, dtype=torch.long)
             emb = emb + self.class_emb(y)
         elif y is not None:
             raise ValueError("UNet: class labels given to an unconditional network (num_classes is None)")
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         h = self.conv_in(x)
         hs = [h]
         for layer in self.down:
@@ -259,4 +316,5 @@ class UNet(nn.Module):
                 h = layer(torch.cat([h, hs.pop()], dim=1), emb)
             else:
                 h = layer(h, emb)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return out.contiguous() if self.channels_last else out
