@@ -45,8 +45,8 @@ def _signal_at(marker, **how):
 def straight(tmp_path_factory):
     run = tmp_path_factory.mktemp("straight") / "run"
     # at the job's thread count (the suite sets torch's threads to SLURM_CPUS_PER_TASK in a job): float sums
-    # may depend on it (on an AVX-512 Xeon this run's weights differed in the last bits at 1 and 2 threads), and bit-for-bit
-    # resume is promised at equal hardware and threads
+    # may depend on it (on an AVX-512 Xeon this run's weights differed in the last bits at 1 and 2 threads),
+    # and bit-for-bit resume is promised at equal hardware and threads
     res = run_cli("train", *SMALL, f"hydra.run.dir={run}", env={"OMP_NUM_THREADS": JOB["SLURM_CPUS_PER_TASK"]})
     assert res.returncode == 0, res.stderr[-3000:]
     return run

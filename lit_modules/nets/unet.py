@@ -47,10 +47,11 @@ def zero_init(module: nn.Module) -> nn.Module:
     return module
 
 
-def conv1x1(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """conv(x) for a 1x1 convolution; on channels-last x, the same map as one matrix product over the B*H*W
-    pixels (x viewed as (B, H, W, C) @ W^T + b), with no layout reorder (faster than oneDNN's 1x1 path there)."""
-    if not is_channels_last(x):
+def conv1x1(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """conv(x) for a 1x1 convolution (or any other module, e.g. an identity skip); for a convolution on
+    channels-last x, the same map as one matrix product over the B*H*W pixels (x viewed as (B, H, W, C) @ W^T
+    + b), output channels-last, with no layout reorder (faster than oneDNN's 1x1 path there)."""
+    if not (isinstance(conv, nn.Conv2d) and is_channels_last(x)):
         return conv(x)
     out = F.linear(x.permute(0, 2, 3, 1), conv.weight.view(conv.out_channels, conv.in_channels), conv.bias)
     return out.permute(0, 3, 1, 2)
@@ -73,7 +74,7 @@ class ResBlock(nn.Module):
         h = self.conv1(F.silu(self.norm1(x)))
         h = h + self.emb(F.silu(emb))[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
-        return (conv1x1(self.skip, x) if isinstance(self.skip, nn.Conv2d) else x) + h
+        return conv1x1(self.skip, x) + h
 
 
 class SelfAttention(nn.Module):
@@ -91,13 +92,11 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
         b, c, h, w = x.shape
         if is_channels_last(x):
-            # (B, H, W, C) in memory: the 1x1 convolutions are matrix products over the pixels
-            pixels = self.norm(x).permute(0, 2, 3, 1).reshape(b, h * w, c)
-            qkv = F.linear(pixels, self.qkv.weight.view(3 * c, c), self.qkv.bias)
-            q, k, v = qkv.view(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, c)
-            out = F.linear(out, self.proj.weight.view(c, c), self.proj.bias)
-            return x + out.view(b, h, w, c).permute(0, 3, 1, 2)
+            # (B, H, W, C) in memory: heads are split from the pixel-major qkv without a copy
+            qkv = conv1x1(self.qkv, self.norm(x)).permute(0, 2, 3, 1)
+            q, k, v = qkv.reshape(b, h * w, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h, w, c)
+            return x + conv1x1(self.proj, out.permute(0, 3, 1, 2))
         q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
         # (B, heads, HW, head_dim) for scaled_dot_product_attention
         out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
