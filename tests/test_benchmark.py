@@ -84,3 +84,74 @@ def test_cpu_seconds_counts_this_process_and_its_live_children():
         child.kill()
         child.wait()
     assert used >= 0.5  # the child's CPU (clock ticks) counted while this process only waited for it
+
+
+def test_ddpm_benchmark_sampler_lists_are_checked_before_any_work(capsys):
+    import pytest
+
+    from experiments.benchmarks.ddpm import sampler_list
+
+    parsed = sampler_list("ancestral:1000, ddim:50,dpmpp_2m:20")
+    assert parsed == [("ancestral", 1000), ("ddim", 50), ("dpmpp_2m", 20)]
+    assert sampler_list("") == []  # empty: that part is skipped
+    for bad, expected in (
+        ("ddim", "expected sampler:steps"),
+        ("ddim:0", "steps >= 1"),
+        ("ddim:fifty", "expected sampler:steps"),
+        ("euler:20", "unknown sampler 'euler'; known: ancestral"),
+    ):
+        with pytest.raises(SystemExit) as err:
+            main(["ddpm", "--speed-samplers", bad])
+        assert err.value.code == 2
+        message = capsys.readouterr().err.strip().splitlines()[-1]
+        assert message.startswith("python -m experiments.benchmark ddpm: error: argument --speed-samplers:")
+        assert expected in message and "Traceback" not in message
+
+
+def test_gemm_probe_computes_the_same_product_through_onednn():
+    from experiments.benchmarks.ddpm import as_1x1_convolution, gemm_peak_gflops
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(37, 19, generator=g, dtype=torch.float64)
+    b = torch.randn(19, 23, generator=g, dtype=torch.float64)
+    x, w = as_1x1_convolution(a, b)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    out = torch.nn.functional.conv2d(x, w)
+    assert out.shape == (1, 23, 37, 1)
+    torch.testing.assert_close(out[0, :, :, 0].T, a @ b, rtol=0, atol=1e-12)
+    rates = gemm_peak_gflops(torch.float32, n=64, repeats=2)
+    assert set(rates) == {"matmul (BLAS)", "1x1 convolution (oneDNN)"} and min(rates.values()) > 0
+
+
+BAD_OPTIONS = [
+    ("ddpm", "--rounds", "0", "expected an integer >= 1"),
+    ("ddpm", "--steps", "ten", "expected an integer >= 1"),
+    ("vae", "--epochs", "1", "expected an integer >= 2"),
+    ("cls", "--reps", "0", "expected an integer >= 1"),
+    ("ddp", "--batch-size", "65", "expected an even integer >= 2 (half goes to each process)"),
+    ("lowlight_data", "--workers", "-1", "expected an integer >= 0"),
+    ("nerco", "--sizes", "600", "expected width x height in pixels, e.g. 600x400"),
+    ("nerco", "--chunks", "-5", "expected an integer >= 0"),
+    ("nerco", "--threads", "0", "expected an integer >= 1"),
+    ("nerco", "--variants", "fast", "invalid choice: 'fast' (choose from "),
+]
+
+
+def test_benchmark_options_are_checked_before_any_work(capsys):
+    """A count that would leave a median of nothing, or a size that does not parse, is one usage line naming the
+    option (argparse's exit 2), not a traceback at the end of a run."""
+    import pytest
+
+    for suite, option, value, expected in BAD_OPTIONS:
+        with pytest.raises(SystemExit) as err:
+            main([suite, option, value])
+        assert err.value.code == 2, (suite, option)
+        message = capsys.readouterr().err.strip().splitlines()[-1]
+        assert message.startswith(f"python -m experiments.benchmark {suite}: error: argument {option}: ")
+        assert expected in message and "Traceback" not in message, message
+
+
+def test_image_size_option_normalises_its_value():
+    from experiments.benchmarks.common import image_size
+
+    assert image_size("600x400") == "600x400" and image_size("960X720") == "960x720"

@@ -83,3 +83,9 @@ def test_ddpm_benchmark_runs(ckpt, tmp_path, capsys):
     assert {"suite UNet, channels_last", "diffusers UNet2DModel, channels_last"} <= set(res["train_step_s"])
     out = capsys.readouterr().out
     assert "training-step time ratio suite/diffusers" in out and "fp32 channels-last: suite" in out
+    # the peak a step is compared against is the faster of the two GEMM libraries, both printed
+    for precision in ("fp32", "bf16"):
+        assert res["gemm_peak_gflops"][precision] == max(res["gemm_probes_gflops"][precision].values())
+        assert f"measured GEMM peak, {precision}:" in out
+    assert res["flops_ratio"] == res["flops_per_step"]["suite"] / res["flops_per_step"]["diffusers"]
+    assert f"FLOPs per step suite/diffusers: {res['flops_ratio']:.3f}" in out

@@ -3,10 +3,12 @@ in processes that load only torch and the networks; the Lightning callbacks are 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,36 @@ def print_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:
 def write_results(path: Path, results: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer >= `minimum`."""
+
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {minimum}")
+        return int(text)
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+positive_int = int_at_least(1)  # a count of rounds, steps, images, pixels
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0 (0 meaning none or off, as the option's help says)."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 0")
+    return int(text)
+
+
+def image_size(text: str) -> str:
+    """argparse type: an image size "WxH" with W, H >= 1, returned as "WxH"."""
+    w, sep, h = text.lower().partition("x")
+    if not sep or not (w.isdigit() and h.isdigit()) or min(int(w), int(h)) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected width x height in pixels, e.g. 600x400")
+    return f"{int(w)}x{int(h)}"
 
 
 def add_bf16_argument(p: Any) -> None:

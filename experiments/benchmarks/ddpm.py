@@ -4,8 +4,8 @@
    and of diffusers' `UNet2DModel` configured to the same depth, channels, attention placement and GroupNorm
    groups (parameter count within 10 %, checked), on the same batch, fp32 and under bf16 autocast (and with
    `--compile`, the suite's under torch.compile), alternating `--rounds` times (this machine's timings drift);
-   median step times, their ratios (target <= 0.8), FLOPs per step and GFLOP/s against this CPU's matmul rate
-   measured in the same run. Needs the `bench` extra.
+   median step times, their ratios (target <= 0.8), FLOPs per step and GFLOP/s against this CPU's GEMM peak
+   measured in the same run (the faster of BLAS matmul and oneDNN). Needs the `bench` extra.
 2. Samples per second of ancestral-1000, DDIM-50 and DPM-Solver++(2M)-20 on `--sample-batch` images.
 3. With `--ckpt`: FID of each sampler under the suite's protocol (lit_modules/fid.py), `--fid-samples` images.
 """
@@ -22,30 +22,54 @@ from typing import Any
 import hydra
 import torch
 
-from experiments.benchmarks.common import add_bf16_argument, bf16_rows_skipped, print_table, write_results
+from experiments.benchmarks.common import (
+    add_bf16_argument,
+    bf16_rows_skipped,
+    positive_int,
+    print_table,
+    write_results,
+)
 from runtime.config import compose
+
+
+def sampler_list(text: str) -> list[tuple[str, int]]:
+    """`--speed-samplers` / `--fid-samplers`: "name:steps,name:steps" -> [(name, steps)], "" -> [] (skip)."""
+    from lit_modules.diffusion.samplers import SAMPLERS
+
+    items = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, steps = item.partition(":")
+        if not sep or not steps.strip().isdigit() or int(steps) < 1:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected sampler:steps, steps >= 1, e.g. ddim:50")
+        if name not in SAMPLERS:
+            known = ", ".join(SAMPLERS)
+            raise argparse.ArgumentTypeError(f"{item!r}: unknown sampler {name!r}; known: {known}")
+        items.append((name, int(steps)))
+    return items
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--ckpt", default=None, help="a ddpm_mnist checkpoint: sampler speed on it, and FID per sampler"
     )
-    p.add_argument("--batch", type=int, default=32, help="training batch size (ddpm_mnist uses 32)")
-    p.add_argument("--steps", type=int, default=10, help="timed training steps per round and model")
-    p.add_argument("--rounds", type=int, default=3, help="the two models alternate this many times")
-    p.add_argument("--sample-batch", type=int, default=32, help="images per sampler-speed measurement")
+    p.add_argument("--batch", type=positive_int, default=32, help="training batch size (ddpm_mnist uses 32)")
+    p.add_argument("--steps", type=positive_int, default=10, help="timed training steps per round and model")
+    p.add_argument("--rounds", type=positive_int, default=3, help="the two models alternate this many times")
+    p.add_argument("--sample-batch", type=positive_int, default=32, help="images per sampler-speed measurement")
     p.add_argument(
-        "--fid-samples", type=int, default=500, help="images per FID (the protocol's minimum is 500)"
+        "--fid-samples", type=positive_int, default=500, help="images per FID (the protocol's minimum is 500)"
     )
     p.add_argument(
         "--fid-samplers",
+        type=sampler_list,
         default="ancestral:1000,ddim:50,dpmpp_2m:20",
         help="sampler:steps list for the FID part (with --ckpt); empty to skip",
     )
     p.add_argument(
         "--speed-samplers",
+        type=sampler_list,
         default="ancestral:1000,ddim:50,dpmpp_2m:20",
-        help="sampler:steps list for the samples-per-second part",
+        help="sampler:steps list for the samples-per-second part; empty to skip",
     )
     add_bf16_argument(p)
     p.add_argument("--skip-speed", action="store_true", help="skip parts 1 and 2")
@@ -98,17 +122,36 @@ def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def matmul_peak_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> float:
-    """This CPU's achievable matmul rate at the current thread count: the best of `repeats` n x n products."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+def _best_seconds(fn: Any, repeats: int) -> float:
     for _ in range(2):
-        a @ b
+        fn()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ b
+        fn()
         best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return best
+
+
+def as_1x1_convolution(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, w) with conv2d(x, w)[0, :, :, 0].T == a @ b: the rows of `a` (m, k) as m pixels of k channels
+    (channels-last, the layout oneDNN takes without a reorder), `b` (k, n) as n 1x1 filters."""
+    x = a.t().reshape(1, a.shape[1], a.shape[0], 1).contiguous(memory_format=torch.channels_last)
+    w = b.t().reshape(b.shape[1], b.shape[0], 1, 1).contiguous(memory_format=torch.channels_last)
+    return x, w
+
+
+def gemm_peak_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> dict[str, float]:
+    """This CPU's achievable rate for an n x n x n product at the current thread count, best of `repeats`, through
+    the two libraries a training step uses: the BLAS behind `torch.matmul` (MKL in the x86 wheels) and oneDNN,
+    which runs the convolutions (the same product as a 1x1 convolution over n pixels, channels-last). They can
+    differ 2x: MKL takes its AVX2 path on AMD CPUs, oneDNN its AVX-512 one, so the convolutions of a step can
+    exceed the matmul rate. The peak to compare a step against is the larger."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    x, w = as_1x1_convolution(a, b)
+    blas = _best_seconds(lambda: a @ b, repeats)
+    onednn = _best_seconds(lambda: torch.nn.functional.conv2d(x, w), repeats)
+    return {"matmul (BLAS)": 2 * n**3 / blas / 1e9, "1x1 convolution (oneDNN)": 2 * n**3 / onednn / 1e9}
 
 
 def training_step_flops(net: torch.nn.Module, call: Any, batch: int, shape: tuple[int, ...]) -> int:
@@ -203,7 +246,7 @@ def _twins(cfg: Any, compile_net: bool, bf16: bool = True) -> dict[str, tuple[to
 
 def training_step_part(cfg: Any, args: argparse.Namespace) -> tuple[dict[str, Any], torch.nn.Module]:
     """Part 1: the suite's UNet against its diffusers twin, fp32 and bf16 autocast (and torch.compile with
-    `--compile`), alternating `--rounds` times; ratios, and GFLOP/s against this CPU's measured matmul peak."""
+    `--compile`), alternating `--rounds` times; ratios, and GFLOP/s against this CPU's measured GEMM peak."""
     bf16_skipped = bf16_rows_skipped(args.bf16)
     if bf16_skipped:
         print(f"bf16 autocast rows skipped: {bf16_skipped}")
@@ -214,9 +257,10 @@ def training_step_part(cfg: Any, args: argparse.Namespace) -> tuple[dict[str, An
         side: training_step_flops(*models[name], args.batch, shape)
         for side, name in (("suite", "suite UNet"), ("diffusers", "diffusers UNet2DModel"))
     }
-    peak = {"fp32": matmul_peak_gflops(torch.float32)}
+    probes = {"fp32": gemm_peak_gflops(torch.float32)}
     if not bf16_skipped:
-        peak["bf16"] = matmul_peak_gflops(torch.bfloat16)
+        probes["bf16"] = gemm_peak_gflops(torch.bfloat16)
+    peak = {precision: max(rates.values()) for precision, rates in probes.items()}
     times = time_training(models, args.batch, args.steps, args.rounds)
     med = {k: statistics.median(v) for k, v in times.items()}
     ratio = med["suite UNet"] / med["diffusers UNet2DModel"]
@@ -238,8 +282,17 @@ def training_step_part(cfg: Any, args: argparse.Namespace) -> tuple[dict[str, An
     print_table(
         rows,
         ("model", f"ms / training step (batch {args.batch})", "parameters", "GFLOP / step", "GFLOP/s",
-         "of measured matmul peak"),
+         "of measured GEMM peak"),
     )  # fmt: skip
+    for precision, rates in probes.items():
+        print(
+            f"measured GEMM peak, {precision}: {peak[precision]:.0f} GFLOP/s, the faster of "
+            + ", ".join(f"{name} {rate:.0f}" for name, rate in rates.items())
+        )
+    print(
+        f"FLOPs per step suite/diffusers: {flops['suite'] / flops['diffusers']:.3f} "
+        "(the time ratio if both ran at the same GFLOP/s)"
+    )
     bf16_part = (
         "bf16 autocast not timed"
         if bf16_skipped
@@ -266,16 +319,19 @@ def training_step_part(cfg: Any, args: argparse.Namespace) -> tuple[dict[str, An
         "bf16_skipped": bf16_skipped,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "flops_per_step": flops,
-        "matmul_peak_gflops": peak,
+        "gemm_peak_gflops": peak,
+        "gemm_probes_gflops": probes,
+        "flops_ratio": flops["suite"] / flops["diffusers"],
     }
     return results, ours
 
 
 def sampler_speed_part(model: Any, args: argparse.Namespace) -> dict[str, float]:
     """Part 2: images per second of each `--speed-samplers` entry on `--sample-batch` images."""
-    speed = {}
-    for item in args.speed_samplers.split(","):
-        sampler, steps = item.split(":")[0], int(item.split(":")[1])
+    speed: dict[str, float] = {}
+    if not args.speed_samplers:
+        return speed
+    for sampler, steps in args.speed_samplers:
         seeds = list(range(args.sample_batch))
         start = time.perf_counter()
         model.generate(seeds, sampler=sampler, steps=steps, progress=True)
@@ -313,13 +369,13 @@ def fid_part(model: Any, cfg: Any, args: argparse.Namespace) -> dict[str, Any]:
     protocol.check()
     metric, n_real = _real_statistics(protocol, cfg)
     fids = {}
-    for item in args.fid_samplers.split(","):
-        sampler, steps = item.split(":")
+    for sampler, steps in args.fid_samplers:
+        item = f"{sampler}:{steps}"
         metric.reset()  # keeps the real statistics (reset_real_features=False)
         start = time.perf_counter()
         for b in range(0, args.fid_samples, 250):
             seeds = list(range(1_000_000 + b, 1_000_000 + min(b + 250, args.fid_samples)))
-            metric.update(model.generate(seeds, sampler=sampler, steps=int(steps), progress=True), real=False)
+            metric.update(model.generate(seeds, sampler=sampler, steps=steps, progress=True), real=False)
         fids[item] = {"fid": float(metric.compute()), "seconds": time.perf_counter() - start}
         print(f"FID {item}: {fids[item]['fid']:.3f} ({fids[item]['seconds']:.0f} s)", flush=True)
     described = protocol.describe(args.fid_samples, n_real)

@@ -41,7 +41,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments.benchmarks.common import add_bf16_argument, bf16_rows_skipped, print_table, write_results
+from experiments.benchmarks.common import (
+    add_bf16_argument,
+    bf16_rows_skipped,
+    image_size,
+    non_negative_int,
+    positive_int,
+    print_table,
+    write_results,
+)
+from lit_modules.nerco_options import VARIANTS  # torch only, no Lightning
 
 
 def _rss_mb() -> float:
@@ -332,20 +341,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--what", nargs="+", choices=["train", "infer"], default=["train", "infer"], help="which figures"
     )
-    p.add_argument("--size", type=int, default=256, help="training crop side (default 256)")
-    p.add_argument("--steps", type=int, default=1, help="timed training iterations after one warm-up")
-    p.add_argument("--variants", nargs="+", default=["official", "paper"], help="model variants to train")
+    p.add_argument("--size", type=positive_int, default=256, help="training crop side (default 256)")
+    p.add_argument("--steps", type=positive_int, default=1, help="timed training iterations after one warm-up")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        default=list(VARIANTS),
+        help="model variants to train",
+    )
     p.add_argument("--text-arch", default="rn50", choices=["rn50", "tiny"], help="random text tower")
-    p.add_argument("--sizes", nargs="+", default=["600x400", "960x720"], help="inference sizes WxH")
+    p.add_argument(
+        "--sizes", nargs="+", type=image_size, default=["600x400", "960x720"], help="inference sizes WxH"
+    )
     p.add_argument(
         "--chunks",
         nargs="+",
-        type=int,
+        type=non_negative_int,
         default=[0, 65536],
         help="extra suite rows with these NRN chunk_pixels (0: one pass) beside the default",
     )
     p.add_argument(
-        "--repeats", type=int, default=1, help="timed inference passes per row (the fastest counts)"
+        "--repeats", type=positive_int, default=1, help="timed inference passes per row (the fastest counts)"
     )
     p.add_argument(
         "--no-released-full",
@@ -356,7 +373,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--threads",
         nargs="*",
-        type=int,
+        type=positive_int,
         default=[1],
         help="extra released and suite-default rows under torch.set_num_threads(t) (none: no such rows)",
     )

@@ -25,7 +25,14 @@ import pytorch_lightning as pl
 import torch
 
 from core.files import write_atomic
-from experiments.benchmarks.common import cpu_seconds, print_table, steady_state, write_results
+from experiments.benchmarks.common import (
+    cpu_seconds,
+    int_at_least,
+    positive_int,
+    print_table,
+    steady_state,
+    write_results,
+)
 from lit_modules.vae import bernoulli_log_likelihood, importance_sampled_log_likelihood, kl_standard_normal
 from runtime.config import compose
 
@@ -35,11 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--experiment", default="vae_mnist", help="experiment config to train (default: vae_mnist)"
     )
     p.add_argument(
-        "--epochs", type=int, default=8, help="epochs per round for both sides (vae_mnist's recipe uses 50)"
+        "--epochs",
+        type=int_at_least(2),
+        default=8,
+        help="epochs per round for both sides, >= 2: the first is start-up, not compared (vae_mnist's recipe: 50)",
     )
     p.add_argument(
         "--rounds",
-        type=int,
+        type=positive_int,
         default=3,
         help="suite and plain loop alternate this many times (this machine's timings drift)",
     )
@@ -50,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the suite's tracker (default: wandb, offline without a key)",
     )
     p.add_argument(
-        "--nll-samples", type=int, default=128, help="K importance samples for the shared test scoring"
+        "--nll-samples", type=positive_int, default=128, help="K importance samples for the shared test scoring"
     )
     p.add_argument(
         "--skip-startup", action="store_true", help="skip the start-up measurement (command to first batch)"
