@@ -138,8 +138,8 @@ BAD_OPTIONS = [
 
 
 def test_benchmark_options_are_checked_before_any_work(capsys):
-    """A count that would leave a median of nothing, or a size that does not parse, is one usage line naming the
-    option (argparse's exit 2), not a traceback at the end of a run."""
+    """A count that would leave a median of nothing, or a size that does not parse, is one usage line naming
+    the option (argparse's exit 2), not a traceback at the end of a run."""
     import pytest
 
     for suite, option, value, expected in BAD_OPTIONS:

@@ -29,10 +29,15 @@ from lit_modules import deconv as D
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--reps", type=positive_int, default=10, help="timed runs per filter (median reported), after 1 warm-up"
+        "--reps",
+        type=positive_int,
+        default=10,
+        help="timed runs per filter (median reported), after 1 warm-up",
     )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device")
-    p.add_argument("--size", type=positive_int, default=512, help="image side (the bundled astronaut photo is 512)")
+    p.add_argument(
+        "--size", type=positive_int, default=512, help="image side (the bundled astronaut photo is 512)"
+    )
     p.add_argument("--output-dir", default=None, help="where the results JSON goes (default: a temp dir)")
 
 

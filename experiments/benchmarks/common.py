@@ -81,13 +81,7 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 
 positive_int = int_at_least(1)  # a count of rounds, steps, images, pixels
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (0 meaning none or off, as the option's help says)."""
-    if not text.strip().isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 0")
-    return int(text)
+non_negative_int = int_at_least(0)  # 0 meaning none or off, as the option's help says
 
 
 def image_size(text: str) -> str:

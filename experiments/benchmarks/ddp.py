@@ -23,13 +23,16 @@ from experiments.benchmarks.common import positive_int, print_table, write_resul
 def even_batch(text: str) -> int:
     """argparse type of --batch-size: a global batch that splits evenly over the two DDP processes."""
     if not text.strip().isdigit() or int(text) < 2 or int(text) % 2:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an even integer >= 2 (half goes to each process)")
+        expected = "expected an even integer >= 2 (half goes to each process)"
+        raise argparse.ArgumentTypeError(f"{text!r}: {expected}")
     return int(text)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, default=4)
-    p.add_argument("--batch-size", type=even_batch, default=64, help="global batch size (DDP: half per process)")
+    p.add_argument(
+        "--batch-size", type=even_batch, default=64, help="global batch size (DDP: half per process)"
+    )
     p.add_argument("--output-dir", default=None)
 
 

@@ -16,6 +16,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=positive_int, default=32, help="training batch size (ddpm_mnist uses 32)")
     p.add_argument("--steps", type=positive_int, default=10, help="timed training steps per round and model")
     p.add_argument("--rounds", type=positive_int, default=3, help="the two models alternate this many times")
-    p.add_argument("--sample-batch", type=positive_int, default=32, help="images per sampler-speed measurement")
+    p.add_argument(
+        "--sample-batch", type=positive_int, default=32, help="images per sampler-speed measurement"
+    )
     p.add_argument(
         "--fid-samples", type=positive_int, default=500, help="images per FID (the protocol's minimum is 500)"
     )
@@ -122,7 +125,8 @@ def n_params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def _best_seconds(fn: Any, repeats: int) -> float:
+def _best_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """The fastest of `repeats` timed calls of fn, after two untimed ones."""
     for _ in range(2):
         fn()
     best = float("inf")
@@ -142,11 +146,11 @@ def as_1x1_convolution(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def gemm_peak_gflops(dtype: torch.dtype, n: int = 1024, repeats: int = 10) -> dict[str, float]:
-    """This CPU's achievable rate for an n x n x n product at the current thread count, best of `repeats`, through
-    the two libraries a training step uses: the BLAS behind `torch.matmul` (MKL in the x86 wheels) and oneDNN,
-    which runs the convolutions (the same product as a 1x1 convolution over n pixels, channels-last). They can
-    differ 2x: MKL takes its AVX2 path on AMD CPUs, oneDNN its AVX-512 one, so the convolutions of a step can
-    exceed the matmul rate. The peak to compare a step against is the larger."""
+    """This CPU's achievable rate for an n x n x n product at the current thread count, best of `repeats`,
+    through the two libraries a training step uses: the BLAS behind `torch.matmul` (MKL in the x86 wheels)
+    and oneDNN, which runs the convolutions (the same product as a 1x1 convolution over n pixels,
+    channels-last). They can differ 2x: MKL takes its AVX2 path on AMD CPUs, oneDNN its AVX-512 one, so the
+    convolutions of a step can exceed the matmul rate. The peak to compare a step against is the larger."""
     a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     x, w = as_1x1_convolution(a, b)
     blas = _best_seconds(lambda: a @ b, repeats)

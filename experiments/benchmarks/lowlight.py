@@ -79,19 +79,35 @@ def standin_generator(in_channels: int = 3, ngf: int = 64, n_blocks: int = 9) ->
 # ----------------------------------------------------------------------------------- measurements
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--pairs", type=positive_int, default=96, help="pairs loaded per loader measurement (after 1 warm-up batch)"
+        "--pairs",
+        type=positive_int,
+        default=96,
+        help="pairs loaded per loader measurement (after 1 warm-up batch)",
     )
     p.add_argument(
-        "--steps", type=positive_int, default=8, help="training steps per step measurement (after 1 warm-up step)"
+        "--steps",
+        type=positive_int,
+        default=8,
+        help="training steps per step measurement (after 1 warm-up step)",
     )
     p.add_argument(
-        "--workers", type=non_negative_int, default=2, help="DataLoader workers of the 'workers' rows (default 2)"
+        "--workers",
+        type=non_negative_int,
+        default=2,
+        help="DataLoader workers of the 'workers' rows (default 2)",
     )
     p.add_argument("--batch-size", type=positive_int, default=1, help="pairs per batch (NeRCo: 1)")
-    p.add_argument("--crop", type=positive_int, default=256, help="random crop of the paired recipe (default 256)")
-    p.add_argument("--rounds", type=positive_int, default=2, help="repetitions, interleaved (median reported)")
     p.add_argument(
-        "--ngf", type=positive_int, default=64, help="stand-in width (64 = NeRCo's generator; smaller for smoke tests)"
+        "--crop", type=positive_int, default=256, help="random crop of the paired recipe (default 256)"
+    )
+    p.add_argument(
+        "--rounds", type=positive_int, default=2, help="repetitions, interleaved (median reported)"
+    )
+    p.add_argument(
+        "--ngf",
+        type=positive_int,
+        default=64,
+        help="stand-in width (64 = NeRCo's generator; smaller for smoke tests)",
     )
     p.add_argument("--no-nerco-recipe", action="store_true", help="skip the unpaired 512x512 recipe rows")
     p.add_argument("--output-dir", default=None, help="where the results JSON goes (default: a temp dir)")

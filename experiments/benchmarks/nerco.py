@@ -342,7 +342,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--what", nargs="+", choices=["train", "infer"], default=["train", "infer"], help="which figures"
     )
     p.add_argument("--size", type=positive_int, default=256, help="training crop side (default 256)")
-    p.add_argument("--steps", type=positive_int, default=1, help="timed training iterations after one warm-up")
+    p.add_argument(
+        "--steps", type=positive_int, default=1, help="timed training iterations after one warm-up"
+    )
     p.add_argument(
         "--variants",
         nargs="+",

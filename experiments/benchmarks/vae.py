@@ -45,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--epochs",
         type=int_at_least(2),
         default=8,
-        help="epochs per round for both sides, >= 2: the first is start-up, not compared (vae_mnist's recipe: 50)",
+        help="epochs per round for both sides, >= 2: the first is start-up, not compared (vae_mnist uses 50)",
     )
     p.add_argument(
         "--rounds",
@@ -60,7 +60,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="the suite's tracker (default: wandb, offline without a key)",
     )
     p.add_argument(
-        "--nll-samples", type=positive_int, default=128, help="K importance samples for the shared test scoring"
+        "--nll-samples",
+        type=positive_int,
+        default=128,
+        help="K importance samples for the shared test scoring",
     )
     p.add_argument(
         "--skip-startup", action="store_true", help="skip the start-up measurement (command to first batch)"
